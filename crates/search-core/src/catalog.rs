@@ -1,0 +1,302 @@
+//! The data directory: a set of named indexes, each in its own folder.
+//!
+//! Layout of `DATA/`:
+//! ```text
+//! DATA/<name>/ironsift.json   ironsift's metadata for the index (kind, schema, source folder)
+//! DATA/<name>/index/          the Tantivy index
+//! ```
+//! An index appears atomically: it is built in a hidden staging folder and renamed into place,
+//! so a crash during creation never leaves a half-made index under a real name. Deletion renames
+//! the folder away first for the same reason.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::index::{IndexConfig, SearchIndex};
+use crate::schema::{IndexKind, SchemaSpec};
+
+/// Name of the index used when none is given.
+pub const DEFAULT_INDEX: &str = "default";
+pub(crate) const META_FILE: &str = "ironsift.json";
+pub(crate) const TANTIVY_DIR: &str = "index";
+const META_FORMAT: u32 = 1;
+
+/// ironsift's own metadata for one index, kept next to the Tantivy files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexMeta {
+    /// Format version of this file.
+    pub format: u32,
+    /// What the index holds.
+    pub kind: IndexKind,
+    /// The explicit schema, if the index has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaSpec>,
+    /// For files indexes: the folder last indexed into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+}
+
+impl IndexMeta {
+    pub(crate) fn read(dir: &Path) -> Result<IndexMeta> {
+        let path = dir.join(META_FILE);
+        let bytes = fs::read(&path).map_err(|e| CoreError::io(&path, e))?;
+        let meta: IndexMeta =
+            serde_json::from_slice(&bytes).map_err(|e| CoreError::BadMetadata {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        if meta.format != META_FORMAT {
+            return Err(CoreError::BadMetadata {
+                path,
+                detail: format!(
+                    "format {} is not supported by this version (expects {META_FORMAT})",
+                    meta.format
+                ),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Writes the file atomically: temp file, fsync, rename, fsync of the folder.
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(META_FILE);
+        let tmp = dir.join(format!("{META_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).expect("metadata serializes");
+        let mut f = fs::File::create(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| CoreError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| CoreError::io(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(|e| CoreError::io(&path, e))?;
+        sync_dir(dir)
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CoreError::io(dir, e))
+}
+
+/// Checks that `name` is usable as an index name: 1–64 bytes of `[A-Za-z0-9_-]`, starting with
+/// a letter or digit (so it can never be `.`/`..` or a hidden staging folder).
+pub fn validate_index_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(CoreError::InvalidIndexName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 64 {
+        return bad("must be 1 to 64 characters long");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or a digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return bad("may only contain ASCII letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+/// The data directory holding every index.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    root: PathBuf,
+    config: IndexConfig,
+}
+
+static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Catalog {
+    /// Opens (creating if needed) the data directory with default settings.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Catalog> {
+        Catalog::with_config(root, IndexConfig::default())
+    }
+
+    /// Opens (creating if needed) the data directory; `config` applies to every index opened.
+    pub fn with_config(root: impl Into<PathBuf>, config: IndexConfig) -> Result<Catalog> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| CoreError::io(&root, e))?;
+        Ok(Catalog { root, config })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Settings applied to indexes opened through this catalog.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    fn index_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Whether an index of this name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        validate_index_name(name).is_ok() && self.index_dir(name).join(META_FILE).is_file()
+    }
+
+    /// Names of every index, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let rd = fs::read_dir(&self.root).map_err(|e| CoreError::io(&self.root, e))?;
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| CoreError::io(&self.root, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if self.exists(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a new, empty index.
+    pub fn create(
+        &self,
+        name: &str,
+        kind: IndexKind,
+        schema: Option<SchemaSpec>,
+    ) -> Result<SearchIndex> {
+        validate_index_name(name)?;
+        if let Some(spec) = &schema {
+            spec.validate()?;
+        }
+        let dir = self.index_dir(name);
+        if dir.exists() {
+            return Err(CoreError::IndexExists {
+                name: name.to_string(),
+            });
+        }
+        let staging = self.root.join(format!(
+            ".staging-{name}-{}-{}",
+            std::process::id(),
+            STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            fs::create_dir_all(staging.join(TANTIVY_DIR)).map_err(|e| CoreError::io(&staging, e))?;
+            let meta = IndexMeta {
+                format: META_FORMAT,
+                kind,
+                schema,
+                source: None,
+            };
+            SearchIndex::create_in(name, &staging, &meta, &self.config)?;
+            meta.write(&staging)?;
+            // rename(2) fails if `dir` was created meanwhile by another process: no clobbering.
+            match fs::rename(&staging, &dir) {
+                Ok(()) => {}
+                Err(_) if dir.exists() => {
+                    return Err(CoreError::IndexExists {
+                        name: name.to_string(),
+                    });
+                }
+                Err(e) => return Err(CoreError::io(&dir, e)),
+            }
+            sync_dir(&self.root)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result?;
+        self.open_index(name)
+    }
+
+    /// Opens an existing index.
+    pub fn open_index(&self, name: &str) -> Result<SearchIndex> {
+        validate_index_name(name)?;
+        let dir = self.index_dir(name);
+        if !dir.join(META_FILE).is_file() {
+            return Err(CoreError::IndexNotFound {
+                name: name.to_string(),
+                root: self.root.clone(),
+            });
+        }
+        SearchIndex::open_in(name, &dir, &self.config)
+    }
+
+    /// Opens the index, creating it with `kind` (and no explicit schema) if it does not exist.
+    pub fn open_or_create(&self, name: &str, kind: IndexKind) -> Result<SearchIndex> {
+        match self.open_index(name) {
+            Err(CoreError::IndexNotFound { .. }) => match self.create(name, kind, None) {
+                Err(CoreError::IndexExists { .. }) => self.open_index(name),
+                other => other,
+            },
+            other => other,
+        }
+    }
+
+    /// Deletes an index and its files. The folder is first renamed away, so the index
+    /// disappears atomically even if removing the files is interrupted.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        validate_index_name(name)?;
+        let dir = self.index_dir(name);
+        if !dir.join(META_FILE).is_file() {
+            return Err(CoreError::IndexNotFound {
+                name: name.to_string(),
+                root: self.root.clone(),
+            });
+        }
+        let trash = self.root.join(format!(
+            ".deleted-{name}-{}-{}",
+            std::process::id(),
+            STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(&dir, &trash).map_err(|e| CoreError::io(&dir, e))?;
+        sync_dir(&self.root)?;
+        fs::remove_dir_all(&trash).map_err(|e| CoreError::io(&trash, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["default", "a", "my-index_2", "X9"] {
+            validate_index_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "-x", "_x", "a/b", "a b", "é", &"a".repeat(65)] {
+            assert!(validate_index_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn create_list_open_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(tmp.path()).unwrap();
+        assert!(cat.list().unwrap().is_empty());
+        cat.create("b", IndexKind::Documents, None).unwrap();
+        cat.create("a", IndexKind::Files, None).unwrap();
+        assert_eq!(cat.list().unwrap(), ["a", "b"]);
+        let e = cat.create("a", IndexKind::Files, None).unwrap_err();
+        assert!(matches!(e, CoreError::IndexExists { .. }));
+        assert_eq!(cat.open_index("a").unwrap().kind(), IndexKind::Files);
+        cat.delete("a").unwrap();
+        assert_eq!(cat.list().unwrap(), ["b"]);
+        assert!(matches!(
+            cat.open_index("a").unwrap_err(),
+            CoreError::IndexNotFound { .. }
+        ));
+        assert!(matches!(
+            cat.delete("a").unwrap_err(),
+            CoreError::IndexNotFound { .. }
+        ));
+        // No staging or trash folders are left behind.
+        let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+    }
+}

@@ -1,0 +1,272 @@
+//! The error type of `search-core`, with context (index, path, position) and a [`Classify`] impl.
+
+use std::io;
+use std::path::PathBuf;
+
+use search_error::{Classify, ErrorCode, Severity};
+use tantivy::TantivyError;
+
+/// Result alias used throughout `search-core`.
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `search-core`.
+///
+/// Variants carry what a caller needs to act on (which index, which file, where in the query);
+/// the [`Classify`] impl gives the closed [`ErrorCode`] to branch on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// An index name that cannot be used as a directory name.
+    #[error("invalid index name {name:?}: {reason}")]
+    InvalidIndexName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// No index of that name exists in the data directory.
+    #[error("index {name:?} not found in {}", root.display())]
+    IndexNotFound {
+        /// The index asked for.
+        name: String,
+        /// The data directory searched.
+        root: PathBuf,
+    },
+    /// An index of that name exists already.
+    #[error("index {name:?} already exists")]
+    IndexExists {
+        /// The index name.
+        name: String,
+    },
+    /// The operation needs another kind of index (e.g. indexing a folder into a documents index).
+    #[error("index {name:?} is a {actual} index; this operation needs a {expected} index")]
+    WrongKind {
+        /// The index name.
+        name: String,
+        /// What the index is.
+        actual: &'static str,
+        /// What the operation needs.
+        expected: &'static str,
+    },
+    /// Another writer (in this or another process) holds the index's writer lock.
+    #[error(
+        "index {name:?} is locked for writing by another writer (lock file {}); \
+         stop the other ironsift process or wait for it to finish",
+        lock.display()
+    )]
+    WriterLocked {
+        /// The index name.
+        name: String,
+        /// The lock file held.
+        lock: PathBuf,
+    },
+    /// No document has this id.
+    #[error("document {id:?} not found in index {index:?}")]
+    DocumentNotFound {
+        /// The index searched.
+        index: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// A document that cannot be indexed (not an object, bad id, wrong field type).
+    #[error("invalid document: {reason}")]
+    InvalidDocument {
+        /// What is wrong with it, naming the field.
+        reason: String,
+    },
+    /// A schema definition that cannot be used.
+    #[error("invalid schema: {reason}")]
+    InvalidSchema {
+        /// What is wrong with it, naming the field.
+        reason: String,
+    },
+    /// The query text could not be parsed.
+    #[error("invalid query{}: {message}", position.map(|p| format!(" at byte {p}")).unwrap_or_default())]
+    QuerySyntax {
+        /// Byte offset in the query where parsing failed, when known.
+        position: Option<usize>,
+        /// What the parser expected or found.
+        message: String,
+    },
+    /// The query violates a configured limit (length, clauses, nesting).
+    #[error("query too large: {what} is {actual}, the limit is {max}")]
+    QueryLimit {
+        /// Which limit (e.g. "length in bytes").
+        what: &'static str,
+        /// The query's value.
+        actual: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A search or ingest parameter out of range (e.g. `limit` above 1000).
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParameter {
+        /// Parameter name as the caller spelled it.
+        name: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// A filesystem operation on a path failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// ironsift's own metadata file for an index cannot be read.
+    #[error("index metadata {} is damaged: {detail}", path.display())]
+    BadMetadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// The decoding error.
+        detail: String,
+    },
+    /// Tantivy reported an error while operating on an index.
+    #[error("index {index:?}: {op} failed: {source}")]
+    Tantivy {
+        /// The index.
+        index: String,
+        /// What we were doing ("commit", "search", "open"...).
+        op: &'static str,
+        /// Tantivy's error.
+        #[source]
+        source: TantivyError,
+    },
+}
+
+impl CoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn tantivy(index: &str, op: &'static str, source: TantivyError) -> Self {
+        CoreError::Tantivy {
+            index: index.to_string(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn invalid_doc(reason: impl Into<String>) -> Self {
+        CoreError::InvalidDocument {
+            reason: reason.into(),
+        }
+    }
+}
+
+fn io_code(err: &io::Error) -> ErrorCode {
+    // ENOSPC (28) and EDQUOT (122) mean "disk full" to a user, whatever the kind says.
+    match err.raw_os_error() {
+        Some(28) | Some(122) => return ErrorCode::StorageFull,
+        Some(24) | Some(23) => return ErrorCode::ResourceExhausted, // EMFILE, ENFILE
+        _ => {}
+    }
+    match err.kind() {
+        io::ErrorKind::NotFound => ErrorCode::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorCode::Io,
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => ErrorCode::DataCorruption,
+        io::ErrorKind::StorageFull => ErrorCode::StorageFull,
+        io::ErrorKind::OutOfMemory => ErrorCode::ResourceExhausted,
+        _ => ErrorCode::Io,
+    }
+}
+
+pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
+    use tantivy::directory::error::{LockError, OpenDirectoryError, OpenReadError};
+    match err {
+        TantivyError::DataCorruption(_) => ErrorCode::DataCorruption,
+        TantivyError::IoError(e) => io_code(e),
+        TantivyError::OpenReadError(OpenReadError::FileDoesNotExist(_)) => {
+            ErrorCode::DataCorruption
+        }
+        TantivyError::OpenReadError(OpenReadError::IoError { io_error, .. }) => io_code(io_error),
+        TantivyError::OpenReadError(_) => ErrorCode::Io,
+        TantivyError::OpenWriteError(_) => ErrorCode::Io,
+        TantivyError::OpenDirectoryError(OpenDirectoryError::DoesNotExist(_)) => {
+            ErrorCode::NotFound
+        }
+        TantivyError::OpenDirectoryError(_) => ErrorCode::Io,
+        TantivyError::LockFailure(LockError::LockBusy, _) => ErrorCode::Conflict,
+        TantivyError::LockFailure(LockError::IoError(e), _) => io_code(e),
+        TantivyError::IndexAlreadyExists => ErrorCode::AlreadyExists,
+        TantivyError::Poisoned | TantivyError::ErrorInThread(_) => ErrorCode::Internal,
+        TantivyError::DeserializeError(_) => ErrorCode::DataCorruption,
+        TantivyError::InvalidArgument(_)
+        | TantivyError::SchemaError(_)
+        | TantivyError::FieldNotFound(_)
+        | TantivyError::AggregationError(_) => ErrorCode::InvalidInput,
+        TantivyError::IncompatibleIndex(_) => ErrorCode::DataCorruption,
+        _ => ErrorCode::Internal,
+    }
+}
+
+impl Classify for CoreError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::InvalidIndexName { .. }
+            | CoreError::InvalidDocument { .. }
+            | CoreError::InvalidSchema { .. }
+            | CoreError::QuerySyntax { .. }
+            | CoreError::QueryLimit { .. }
+            | CoreError::InvalidParameter { .. }
+            | CoreError::WrongKind { .. } => ErrorCode::InvalidInput,
+            CoreError::IndexNotFound { .. } | CoreError::DocumentNotFound { .. } => {
+                ErrorCode::NotFound
+            }
+            CoreError::IndexExists { .. } => ErrorCode::AlreadyExists,
+            CoreError::WriterLocked { .. } => ErrorCode::Conflict,
+            CoreError::Io { source, .. } => io_code(source),
+            CoreError::BadMetadata { .. } => ErrorCode::DataCorruption,
+            CoreError::Tantivy { source, .. } => tantivy_code(source),
+        }
+    }
+
+    fn severity(&self) -> Severity {
+        match self {
+            // A lock held by another process is an operator matter, not data at risk.
+            CoreError::WriterLocked { .. } => Severity::Medium,
+            other => other.code().default_severity(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_classified_as_storage_full() {
+        let e = CoreError::io("/x", io::Error::from_raw_os_error(28));
+        assert_eq!(e.code(), ErrorCode::StorageFull);
+        assert!(e.is_retryable());
+        assert!(e.to_string().starts_with("/x: "), "{e}");
+    }
+
+    #[test]
+    fn tantivy_corruption_is_critical() {
+        let e = CoreError::tantivy(
+            "i",
+            "open",
+            TantivyError::DataCorruption(tantivy::directory::error::DataCorruption::comment_only(
+                "bad",
+            )),
+        );
+        assert_eq!(e.code(), ErrorCode::DataCorruption);
+        assert_eq!(e.severity(), Severity::Critical);
+    }
+
+    #[test]
+    fn query_syntax_message_names_the_position() {
+        let e = CoreError::QuerySyntax {
+            position: Some(7),
+            message: "unbalanced quote".into(),
+        };
+        assert_eq!(e.to_string(), "invalid query at byte 7: unbalanced quote");
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+    }
+}

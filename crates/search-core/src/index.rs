@@ -1,0 +1,544 @@
+//! One open index: its Tantivy handles, the lazily opened writer, stats and document operations.
+
+use std::fs;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{QueryParser, TermQuery};
+use tantivy::schema::{IndexRecordOption, OwnedValue, Value as _};
+use tantivy::{
+    Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, TantivyError,
+    Term,
+};
+
+use crate::catalog::{IndexMeta, TANTIVY_DIR};
+use crate::error::{CoreError, Result};
+use crate::query::QueryLimits;
+use crate::schema::{FieldType, IndexKind, Layout, SchemaSpec, build_schema};
+
+/// Settings for opening indexes.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Memory for the Tantivy writer's in-memory segments, split among its threads
+    /// (Tantivy needs at least 15 MB per thread).
+    pub writer_heap_bytes: usize,
+    /// Writer threads; `None` lets Tantivy choose (one per core, up to 8).
+    pub writer_threads: Option<usize>,
+    /// Limits applied to every query.
+    pub query_limits: QueryLimits,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            writer_heap_bytes: 256 << 20,
+            writer_threads: None,
+            query_limits: QueryLimits::default(),
+        }
+    }
+}
+
+/// Size and shape of an index.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Index name.
+    pub name: String,
+    /// What the index holds.
+    pub kind: IndexKind,
+    /// Searchable (committed, not deleted) documents; for files indexes, chunks.
+    pub docs: u64,
+    /// Deleted documents not yet merged away.
+    pub deleted_docs: u64,
+    /// Committed segments.
+    pub segments: usize,
+    /// Bytes of every file in the index folder.
+    pub bytes_on_disk: u64,
+}
+
+/// Outcome of ingesting a batch of JSON documents.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Documents accepted (inserted or replaced).
+    pub indexed: u64,
+    /// Lines or elements rejected.
+    pub failed: u64,
+    /// Why each rejected line failed (1-based line or element number).
+    pub errors: Vec<LineError>,
+}
+
+/// A rejected input line.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number (NDJSON) or element number (JSON array).
+    pub line: u64,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// An open index. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct SearchIndex {
+    pub(crate) name: String,
+    dir: PathBuf,
+    kind: IndexKind,
+    schema_spec: Option<SchemaSpec>,
+    pub(crate) source: Mutex<Option<PathBuf>>,
+    pub(crate) index: Index,
+    pub(crate) reader: IndexReader,
+    pub(crate) layout: Layout,
+    pub(crate) query_parser: QueryParser,
+    pub(crate) config: IndexConfig,
+    writer: Mutex<Option<IndexWriter>>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks leaves plain data behind, never a broken invariant
+    // spanning several fields, so recovering the guard is sound.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SearchIndex {
+    pub(crate) fn create_in(
+        name: &str,
+        dir: &Path,
+        meta: &IndexMeta,
+        _config: &IndexConfig,
+    ) -> Result<()> {
+        let (schema, _) = build_schema(meta.kind, meta.schema.as_ref())?;
+        let tdir = dir.join(TANTIVY_DIR);
+        let mmap = MmapDirectory::open(&tdir)
+            .map_err(|e| CoreError::tantivy(name, "create", TantivyError::from(e)))?;
+        Index::create(mmap, schema, IndexSettings::default())
+            .map_err(|e| CoreError::tantivy(name, "create", e))?;
+        Ok(())
+    }
+
+    pub(crate) fn open_in(name: &str, dir: &Path, config: &IndexConfig) -> Result<SearchIndex> {
+        let meta = IndexMeta::read(dir)?;
+        let (expected, layout) = build_schema(meta.kind, meta.schema.as_ref())?;
+        let tdir = dir.join(TANTIVY_DIR);
+        let index = Index::open_in_dir(&tdir).map_err(|e| CoreError::tantivy(name, "open", e))?;
+        if index.schema() != expected {
+            return Err(CoreError::BadMetadata {
+                path: dir.join(crate::catalog::META_FILE),
+                detail: "the Tantivy schema on disk does not match the index metadata".into(),
+            });
+        }
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()
+            .map_err(|e| CoreError::tantivy(name, "open reader", e))?;
+        let query_parser = QueryParser::for_index(&index, layout.default_fields());
+        Ok(SearchIndex {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            kind: meta.kind,
+            schema_spec: meta.schema,
+            source: Mutex::new(meta.source),
+            index,
+            reader,
+            layout,
+            query_parser,
+            config: config.clone(),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// Index name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the index holds.
+    pub fn kind(&self) -> IndexKind {
+        self.kind
+    }
+
+    /// The index folder (metadata + Tantivy files).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The explicit schema, if any.
+    pub fn schema_spec(&self) -> Option<&SchemaSpec> {
+        self.schema_spec.as_ref()
+    }
+
+    /// The underlying Tantivy index (for tools that need raw access, e.g. verification).
+    pub fn tantivy_index(&self) -> &Index {
+        &self.index
+    }
+
+    pub(crate) fn require_kind(&self, expected: IndexKind) -> Result<()> {
+        if self.kind == expected {
+            Ok(())
+        } else {
+            Err(CoreError::WrongKind {
+                name: self.name.clone(),
+                actual: self.kind.as_str(),
+                expected: expected.as_str(),
+            })
+        }
+    }
+
+    /// Runs `f` with the writer, opening it on first use. Opening fails fast with
+    /// [`CoreError::WriterLocked`] when another writer holds the index.
+    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut IndexWriter) -> Result<T>) -> Result<T> {
+        let mut guard = lock(&self.writer);
+        if guard.is_none() {
+            let heap = self.config.writer_heap_bytes;
+            let opened = match self.config.writer_threads {
+                Some(n) => self.index.writer_with_num_threads(n, heap),
+                None => self.index.writer(heap),
+            };
+            let writer = opened.map_err(|e| match e {
+                TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
+                    CoreError::WriterLocked {
+                        name: self.name.clone(),
+                        lock: self.dir.join(TANTIVY_DIR).join(".tantivy-writer.lock"),
+                    }
+                }
+                other => CoreError::tantivy(&self.name, "open writer", other),
+            })?;
+            *guard = Some(writer);
+        }
+        f(guard.as_mut().expect("writer opened above"))
+    }
+
+    /// Makes every write so far durable in the index and visible to searches.
+    /// Returns Tantivy's opstamp of the commit.
+    pub fn commit(&self) -> Result<u64> {
+        let opstamp = self.with_writer(|w| {
+            w.commit()
+                .map_err(|e| CoreError::tantivy(&self.name, "commit", e))
+        })?;
+        self.reload()?;
+        Ok(opstamp)
+    }
+
+    /// Discards writes since the last commit.
+    pub fn rollback(&self) -> Result<()> {
+        self.with_writer(|w| {
+            w.rollback()
+                .map(|_| ())
+                .map_err(|e| CoreError::tantivy(&self.name, "rollback", e))
+        })
+    }
+
+    /// Releases the writer (and its lock) after waiting for its threads; uncommitted writes
+    /// are discarded, so call [`SearchIndex::commit`] first to keep them.
+    pub fn close_writer(&self) {
+        if let Some(w) = lock(&self.writer).take() {
+            let _ = w.wait_merging_threads();
+        }
+    }
+
+    /// Makes the latest commit (ours or another process's) visible to searches now.
+    pub fn reload(&self) -> Result<()> {
+        self.reader
+            .reload()
+            .map_err(|e| CoreError::tantivy(&self.name, "reload", e))
+    }
+
+    /// Document counts, segments and size on disk.
+    pub fn stats(&self) -> Result<IndexStats> {
+        let searcher = self.reader.searcher();
+        let deleted = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| u64::from(s.num_deleted_docs()))
+            .sum();
+        Ok(IndexStats {
+            name: self.name.clone(),
+            kind: self.kind,
+            docs: searcher.num_docs(),
+            deleted_docs: deleted,
+            segments: searcher.segment_readers().len(),
+            bytes_on_disk: dir_size(&self.dir)?,
+        })
+    }
+
+    fn id_term(&self, id: &str) -> Term {
+        Term::from_field_text(self.layout.id(), id)
+    }
+
+    /// Inserts a JSON object, replacing any document with the same id. The id is taken from
+    /// `id` (else `_id`), a string or integer; one is generated when absent. Returns the id.
+    /// Visible to searches after the next [`SearchIndex::commit`].
+    pub fn upsert(&self, doc: Value) -> Result<String> {
+        self.require_kind(IndexKind::Documents)?;
+        let (id, tdoc) = self.json_to_doc(doc)?;
+        let term = self.id_term(&id);
+        self.with_writer(|w| {
+            w.delete_term(term);
+            w.add_document(tdoc)
+                .map_err(|e| CoreError::tantivy(&self.name, "add document", e))
+        })?;
+        Ok(id)
+    }
+
+    /// Reads JSON lines, upserting each object. A bad line is recorded with its number and
+    /// reason and the rest go on; blank lines are ignored. I/O errors on the reader stop the
+    /// batch (what was read before stays added).
+    pub fn ingest_ndjson(&self, input: impl BufRead) -> Result<IngestReport> {
+        self.require_kind(IndexKind::Documents)?;
+        let mut report = IngestReport::default();
+        for (i, line) in input.split(b'\n').enumerate() {
+            let line_no = i as u64 + 1;
+            let line = line.map_err(|e| CoreError::io("<input>", e))?;
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let parsed: Result<Value> = serde_json::from_str(text).map_err(|e| {
+                CoreError::invalid_doc(format!("malformed JSON at column {}: {e}", e.column()))
+            });
+            match parsed.and_then(|v| self.upsert(v)) {
+                Ok(_) => report.indexed += 1,
+                Err(e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. })) => {
+                    report.failed += 1;
+                    report.errors.push(LineError {
+                        line: line_no,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes the document with this id. Returns whether it existed in the committed view.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        self.require_kind(IndexKind::Documents)?;
+        let existed = self.get(id)?.is_some();
+        let term = self.id_term(id);
+        self.with_writer(|w| {
+            w.delete_term(term);
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    /// The committed document with this id, as JSON.
+    pub fn get(&self, id: &str) -> Result<Option<Value>> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(self.id_term(id), IndexRecordOption::Basic);
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(1).order_by_score())
+            .map_err(|e| CoreError::tantivy(&self.name, "get", e))?;
+        let Some((_, addr)) = top.first() else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher
+            .doc(*addr)
+            .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
+        Ok(Some(Value::Object(self.doc_to_json(&doc).1)))
+    }
+
+    /// Turns a JSON object into a Tantivy document for this index's layout.
+    fn json_to_doc(&self, doc: Value) -> Result<(String, TantivyDocument)> {
+        let Value::Object(mut obj) = doc else {
+            return Err(CoreError::invalid_doc(format!(
+                "expected a JSON object, found {}",
+                json_type(&doc)
+            )));
+        };
+        let id = extract_id(&obj)?;
+        let mut tdoc = TantivyDocument::default();
+        tdoc.add_text(self.layout.id(), &id);
+        match &self.layout {
+            Layout::Schemaless(f) => {
+                let mut texts = Vec::new();
+                obj.values().for_each(|v| collect_strings(v, &mut texts));
+                for t in texts {
+                    tdoc.add_text(f.all, t);
+                }
+                let owned: std::collections::BTreeMap<String, OwnedValue> = obj
+                    .into_iter()
+                    .map(|(k, v)| (k, OwnedValue::from(v)))
+                    .collect();
+                tdoc.add_object(f.source, owned);
+            }
+            Layout::Explicit(f) => {
+                obj.remove("id");
+                obj.remove("_id");
+                for (key, value) in obj {
+                    let Some((spec, field)) = f.fields.iter().find(|(s, _)| s.name == key) else {
+                        return Err(CoreError::invalid_doc(format!(
+                            "field {key:?} is not in the index schema"
+                        )));
+                    };
+                    let values = match value {
+                        Value::Array(items) => items,
+                        other => vec![other],
+                    };
+                    for v in values {
+                        add_typed(&mut tdoc, *field, spec.field_type, &key, v)?;
+                    }
+                }
+            }
+            Layout::Files(_) => unreachable!("require_kind(Documents) was checked by callers"),
+        }
+        Ok((id, tdoc))
+    }
+
+    /// Turns a stored document back into JSON: `(id, object)`.
+    pub(crate) fn doc_to_json(&self, doc: &TantivyDocument) -> (String, Map<String, Value>) {
+        let id = doc
+            .get_first(self.layout.id())
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut out = Map::new();
+        match &self.layout {
+            Layout::Schemaless(f) => {
+                if let Some(v) = doc.get_first(f.source) {
+                    if let Ok(Value::Object(m)) = serde_json::to_value(OwnedValue::from(v)) {
+                        out = m;
+                    }
+                }
+            }
+            _ => {
+                let schema = self.index.schema();
+                for (field, value) in doc.field_values() {
+                    if field == self.layout.id() {
+                        continue;
+                    }
+                    let name = schema.get_field_name(field).to_string();
+                    let v = serde_json::to_value(OwnedValue::from(value)).unwrap_or(Value::Null);
+                    match out.get_mut(&name) {
+                        None => {
+                            out.insert(name, v);
+                        }
+                        Some(Value::Array(items)) => items.push(v),
+                        Some(prev) => {
+                            let first = prev.take();
+                            *prev = Value::Array(vec![first, v]);
+                        }
+                    }
+                }
+            }
+        }
+        (id, out)
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Longest id accepted, in bytes (Tantivy terms must stay well under 64 KiB).
+pub const MAX_ID_BYTES: usize = 512;
+
+fn extract_id(obj: &Map<String, Value>) -> Result<String> {
+    let (key, raw) = match (obj.get("id"), obj.get("_id")) {
+        (Some(v), _) => ("id", v),
+        (None, Some(v)) => ("_id", v),
+        (None, None) => return Ok(uuid::Uuid::new_v4().to_string()),
+    };
+    let id = match raw {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        other => {
+            return Err(CoreError::invalid_doc(format!(
+                "\"{key}\" must be a string or an integer, found {}",
+                json_type(other)
+            )));
+        }
+    };
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(CoreError::invalid_doc(format!(
+            "\"{key}\" must be 1 to {MAX_ID_BYTES} bytes long"
+        )));
+    }
+    Ok(id)
+}
+
+fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        Value::Object(m) => m.values().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+fn add_typed(
+    doc: &mut TantivyDocument,
+    field: tantivy::schema::Field,
+    ty: FieldType,
+    key: &str,
+    v: Value,
+) -> Result<()> {
+    let mismatch = |expected: &str, v: &Value| {
+        CoreError::invalid_doc(format!(
+            "field {key:?} expects {expected}, found {}",
+            json_type(v)
+        ))
+    };
+    match (ty, &v) {
+        (_, Value::Null) => {}
+        (FieldType::Text | FieldType::String, Value::String(s)) => doc.add_text(field, s),
+        (FieldType::Text | FieldType::String, _) => return Err(mismatch("a string", &v)),
+        (FieldType::I64, Value::Number(n)) => {
+            doc.add_i64(field, n.as_i64().ok_or_else(|| mismatch("a 64-bit signed integer", &v))?)
+        }
+        (FieldType::U64, Value::Number(n)) => doc.add_u64(
+            field,
+            n.as_u64()
+                .ok_or_else(|| mismatch("a non-negative integer", &v))?,
+        ),
+        (FieldType::F64, Value::Number(n)) => {
+            doc.add_f64(field, n.as_f64().ok_or_else(|| mismatch("a number", &v))?)
+        }
+        (FieldType::Bool, Value::Bool(b)) => doc.add_bool(field, *b),
+        (FieldType::I64 | FieldType::U64, _) => return Err(mismatch("an integer", &v)),
+        (FieldType::F64, _) => return Err(mismatch("a number", &v)),
+        (FieldType::Bool, _) => return Err(mismatch("a boolean", &v)),
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(CoreError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| CoreError::io(dir, e))?;
+        let ft = entry.file_type().map_err(|e| CoreError::io(entry.path(), e))?;
+        if ft.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else if ft.is_file() {
+            // A file can vanish between listing and stat (segment merged away): not an error.
+            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,1 @@
+//! ironsift facade
