@@ -252,7 +252,7 @@ mod tests {
         let e = CoreError::tantivy(
             "i",
             "open",
-            TantivyError::DataCorruption(tantivy::directory::error::DataCorruption::comment_only(
+            TantivyError::DataCorruption(tantivy::error::DataCorruption::comment_only(
                 "bad",
             )),
         );

@@ -422,7 +422,7 @@ fn add_chunks(
     let mut newlines = memchr::memchr_iter(b'\n', bytes);
     loop {
         // End of this chunk: just after the chunk_lines-th newline, or end of text.
-        let mut end_byte = bytes.len();
+        let mut end_byte = start_byte;
         let mut lines_in_chunk = 0u64;
         for _ in 0..chunk_lines {
             match newlines.next() {
@@ -431,10 +431,11 @@ fn add_chunks(
                     end_byte = nl + 1;
                 }
                 None => {
-                    end_byte = bytes.len();
-                    if end_byte > start_byte {
+                    // A last line without a trailing newline still counts as a line.
+                    if bytes.len() > end_byte {
                         lines_in_chunk += 1;
                     }
+                    end_byte = bytes.len();
                     break;
                 }
             }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{QueryParser, TermQuery};
+use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, OwnedValue, Value as _};
 use tantivy::{
     Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, TantivyError,
@@ -18,7 +18,7 @@ use tantivy::{
 
 use crate::catalog::{IndexMeta, TANTIVY_DIR};
 use crate::error::{CoreError, Result};
-use crate::query::QueryLimits;
+use crate::query::{QueryBuilder, QueryLimits};
 use crate::schema::{FieldType, IndexKind, Layout, SchemaSpec, build_schema};
 
 /// Settings for opening indexes.
@@ -90,7 +90,7 @@ pub struct SearchIndex {
     pub(crate) index: Index,
     pub(crate) reader: IndexReader,
     pub(crate) layout: Layout,
-    pub(crate) query_parser: QueryParser,
+    pub(crate) queries: QueryBuilder,
     pub(crate) config: IndexConfig,
     writer: Mutex<Option<IndexWriter>>,
 }
@@ -143,7 +143,7 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::OnCommitWithDelay)
             .try_into()
             .map_err(|e| CoreError::tantivy(name, "open reader", e))?;
-        let query_parser = QueryParser::for_index(&index, layout.default_fields());
+        let queries = QueryBuilder::new(&index, layout.default_fields());
         Ok(SearchIndex {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -153,7 +153,7 @@ impl SearchIndex {
             index,
             reader,
             layout,
-            query_parser,
+            queries,
             config: config.clone(),
             writer: Mutex::new(None),
         })

@@ -5,8 +5,14 @@
 //! first, then the clause count, and only then build the query. Syntax errors are reported with
 //! the byte position the lenient grammar points at, instead of echoing the whole query back.
 
-use tantivy::query::{AllQuery, Query, QueryParser, QueryParserError};
-use tantivy::query_grammar::{self, UserInputAst};
+use tantivy::Term;
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, QueryParser,
+    QueryParserError,
+};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::schema::{Field, FieldType, Schema};
+use tantivy::tokenizer::TokenizerManager;
 
 use crate::error::{CoreError, Result};
 
@@ -100,51 +106,195 @@ fn parser_error(err: QueryParserError, text: &str) -> CoreError {
     }
 }
 
-/// Parses `text` for `parser`'s index, enforcing `limits`.
-///
-/// An empty query matches every document; a purely negative query (`-draft`) matches every
-/// document except those.
-pub(crate) fn parse(
-    parser: &QueryParser,
-    text: &str,
-    limits: &QueryLimits,
-) -> Result<Box<dyn Query>> {
-    if text.len() > limits.max_bytes {
-        return Err(CoreError::QueryLimit {
-            what: "length in bytes",
-            actual: text.len(),
-            max: limits.max_bytes,
-        });
+/// Everything needed to turn query text into a Tantivy query for one index.
+pub(crate) struct QueryBuilder {
+    pub(crate) parser: QueryParser,
+    schema: Schema,
+    default_fields: Vec<Field>,
+    tokenizers: TokenizerManager,
+}
+
+/// `word*` (unquoted, one word): a term-prefix query, which Tantivy's parser only offers for
+/// phrases of two or more words.
+fn bare_prefix(lit: &UserInputLiteral) -> Option<&str> {
+    if !matches!(lit.delimiter, Delimiter::None) {
+        return None;
     }
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Ok(Box::new(AllQuery));
+    let p = lit.phrase.strip_suffix('*')?;
+    (!p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '*')).then_some(p)
+}
+
+fn has_bare_prefix(ast: &UserInputAst) -> bool {
+    match ast {
+        UserInputAst::Leaf(leaf) => {
+            matches!(&**leaf, UserInputLeaf::Literal(lit) if bare_prefix(lit).is_some())
+        }
+        UserInputAst::Boost(inner, _) => has_bare_prefix(inner),
+        UserInputAst::Clause(children) => children.iter().any(|(_, c)| has_bare_prefix(c)),
     }
-    let depth = nesting_depth(trimmed);
-    if depth > limits.max_depth {
-        return Err(CoreError::QueryLimit {
-            what: "nesting depth",
-            actual: depth,
-            max: limits.max_depth,
-        });
-    }
-    if leaf_upper_bound(trimmed) > limits.max_clauses {
-        let ast = query_grammar::parse_query(trimmed).map_err(|_| syntax_error(trimmed))?;
-        let clauses = count_leaves(&ast);
-        if clauses > limits.max_clauses {
-            return Err(CoreError::QueryLimit {
-                what: "number of clauses",
-                actual: clauses,
-                max: limits.max_clauses,
-            });
+}
+
+impl QueryBuilder {
+    pub(crate) fn new(index: &tantivy::Index, default_fields: Vec<Field>) -> QueryBuilder {
+        QueryBuilder {
+            parser: QueryParser::for_index(index, default_fields.clone()),
+            schema: index.schema(),
+            default_fields,
+            tokenizers: index.tokenizers().clone(),
         }
     }
-    match parser.parse_query(trimmed) {
-        Ok(q) => Ok(q),
-        Err(QueryParserError::AllButQueryForbidden) => parser
-            .parse_query(&format!("* {trimmed}"))
-            .map_err(|e| parser_error(e, trimmed)),
-        Err(e) => Err(parser_error(e, trimmed)),
+
+    /// Parses `text`, enforcing `limits`.
+    ///
+    /// An empty query matches every document; a purely negative query (`-draft`) matches every
+    /// document except those; `word*` matches terms starting with `word`.
+    pub(crate) fn parse(&self, text: &str, limits: &QueryLimits) -> Result<Box<dyn Query>> {
+        if text.len() > limits.max_bytes {
+            return Err(CoreError::QueryLimit {
+                what: "length in bytes",
+                actual: text.len(),
+                max: limits.max_bytes,
+            });
+        }
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Ok(Box::new(AllQuery));
+        }
+        let depth = nesting_depth(trimmed);
+        if depth > limits.max_depth {
+            return Err(CoreError::QueryLimit {
+                what: "nesting depth",
+                actual: depth,
+                max: limits.max_depth,
+            });
+        }
+        // Only queries that may exceed a limit or use `word*` pay for a second grammar pass.
+        let may_prefix = trimmed.contains('*');
+        if leaf_upper_bound(trimmed) > limits.max_clauses || may_prefix {
+            let ast = query_grammar::parse_query(trimmed).map_err(|_| syntax_error(trimmed))?;
+            let clauses = count_leaves(&ast);
+            if clauses > limits.max_clauses {
+                return Err(CoreError::QueryLimit {
+                    what: "number of clauses",
+                    actual: clauses,
+                    max: limits.max_clauses,
+                });
+            }
+            if may_prefix && has_bare_prefix(&ast) {
+                return self.build(ast).map_err(|e| parser_error(e, trimmed));
+            }
+        }
+        match self.parser.parse_query(trimmed) {
+            Ok(q) => Ok(q),
+            Err(QueryParserError::AllButQueryForbidden) => self
+                .parser
+                .parse_query(&format!("* {trimmed}"))
+                .map_err(|e| parser_error(e, trimmed)),
+            Err(e) => Err(parser_error(e, trimmed)),
+        }
+    }
+
+    fn build(&self, ast: UserInputAst) -> std::result::Result<Box<dyn Query>, QueryParserError> {
+        match ast {
+            UserInputAst::Leaf(leaf) => match *leaf {
+                UserInputLeaf::Literal(lit) if bare_prefix(&lit).is_some() => {
+                    self.prefix_query(&lit)
+                }
+                other => self
+                    .parser
+                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(other))),
+            },
+            UserInputAst::Boost(inner, boost) => Ok(Box::new(BoostQuery::new(
+                self.build(*inner)?,
+                boost.into_inner() as f32,
+            ))),
+            UserInputAst::Clause(children) => {
+                let mut subs = Vec::with_capacity(children.len() + 1);
+                for (occur, child) in children {
+                    let occur = match occur {
+                        Some(query_grammar::Occur::Must) => Occur::Must,
+                        Some(query_grammar::Occur::MustNot) => Occur::MustNot,
+                        _ => Occur::Should,
+                    };
+                    subs.push((occur, self.build(child)?));
+                }
+                if subs.iter().all(|(o, _)| *o == Occur::MustNot) {
+                    subs.push((Occur::Should, Box::new(AllQuery)));
+                }
+                Ok(Box::new(BooleanQuery::new(subs)))
+            }
+        }
+    }
+
+    fn prefix_query(
+        &self,
+        lit: &UserInputLiteral,
+    ) -> std::result::Result<Box<dyn Query>, QueryParserError> {
+        let prefix = bare_prefix(lit).expect("checked by caller");
+        let targets: Vec<(Field, &str)> = match &lit.field_name {
+            Some(name) => match self.schema.find_field(name) {
+                Some(found) => vec![found],
+                None => {
+                    let json: Vec<(Field, &str)> = self
+                        .default_fields
+                        .iter()
+                        .filter(|f| {
+                            matches!(self.schema.get_field_entry(**f).field_type(), FieldType::JsonObject(_))
+                        })
+                        .map(|f| (*f, name.as_str()))
+                        .collect();
+                    if json.is_empty() {
+                        return Err(QueryParserError::FieldDoesNotExist(name.clone()));
+                    }
+                    json
+                }
+            },
+            None => self.default_fields.iter().map(|f| (*f, "")).collect(),
+        };
+        let mut subs: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (field, path) in targets {
+            let entry = self.schema.get_field_entry(field);
+            let (indexing, is_json) = match entry.field_type() {
+                FieldType::Str(o) => (o.get_indexing_options(), false),
+                FieldType::JsonObject(o) => (o.get_text_indexing_options(), true),
+                _ => {
+                    return Err(QueryParserError::FieldNotIndexed(format!(
+                        "{}: prefix queries need a text field",
+                        entry.name()
+                    )));
+                }
+            };
+            let Some(indexing) = indexing else {
+                return Err(QueryParserError::FieldNotIndexed(entry.name().to_string()));
+            };
+            // A JSON field reached without a path (bare term on a schemaless index) holds no
+            // root-level text; `_all` covers it.
+            if is_json && path.is_empty() {
+                continue;
+            }
+            let mut analyzer = self.tokenizers.get(indexing.tokenizer()).ok_or_else(|| {
+                QueryParserError::UnknownTokenizer {
+                    field: entry.name().to_string(),
+                    tokenizer: indexing.tokenizer().to_string(),
+                }
+            })?;
+            let mut tokens = Vec::new();
+            analyzer
+                .token_stream(prefix)
+                .process(&mut |t| tokens.push(t.text.clone()));
+            let [token] = tokens.as_slice() else {
+                continue;
+            };
+            let term = if is_json {
+                let mut t = Term::from_field_json_path(field, path, false);
+                t.append_type_and_str(token);
+                t
+            } else {
+                Term::from_field_text(field, token)
+            };
+            subs.push((Occur::Should, Box::new(FuzzyTermQuery::new_prefix(term, 0, true))));
+        }
+        Ok(Box::new(BooleanQuery::new(subs)))
     }
 }
 
@@ -162,7 +312,7 @@ mod tests {
 
     #[test]
     fn leaf_bound_is_an_upper_bound() {
-        for q in ["a b c", "(a)(b)", "\"a b\" c", "+a -b title:c", "a AND (b OR c)"] {
+        for q in ["a b c", "(a) (b)", "\"a b\" c", "+a -b title:c", "a AND (b OR c)"] {
             let ast = query_grammar::parse_query(q).unwrap();
             assert!(count_leaves(&ast) <= leaf_upper_bound(q), "{q}");
         }

@@ -12,7 +12,6 @@ use tantivy::{Searcher, TantivyDocument};
 
 use crate::error::{CoreError, Result};
 use crate::index::SearchIndex;
-use crate::query;
 use crate::schema::{FieldType, Layout};
 
 /// Most hits one request may ask for.
@@ -187,7 +186,7 @@ impl SearchIndex {
     /// Parses and runs `req` against the latest committed state.
     pub fn search(&self, req: &SearchRequest) -> Result<SearchResponse> {
         req.validate()?;
-        let query = query::parse(&self.query_parser, &req.query, &self.config.query_limits)?;
+        let query = self.queries.parse(&req.query, &self.config.query_limits)?;
         let searcher = self.reader.searcher();
         self.run(&searcher, query.as_ref(), req)
     }

@@ -1,0 +1,197 @@
+//! JSON documents: upsert by id, get, delete, schemas, NDJSON with bad lines, writer locking.
+
+use search_core::{
+    Catalog, CoreError, IndexKind, SchemaSpec, SearchIndex, SearchRequest,
+};
+use search_error::{Classify, ErrorCode};
+use serde_json::json;
+
+fn docs_index() -> (tempfile::TempDir, SearchIndex) {
+    let data = tempfile::tempdir().unwrap();
+    let idx = Catalog::open(data.path())
+        .unwrap()
+        .create("docs", IndexKind::Documents, None)
+        .unwrap();
+    (data, idx)
+}
+
+fn ids(idx: &SearchIndex, q: &str) -> Vec<String> {
+    let mut v: Vec<String> = idx
+        .search(&SearchRequest::new(q).limit(100))
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn upsert_replaces_and_delete_removes() {
+    let (_d, idx) = docs_index();
+    idx.upsert(json!({"id": "a", "title": "first draft", "n": 1})).unwrap();
+    idx.upsert(json!({"id": 2, "title": "other"})).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(ids(&idx, "draft"), ["a"]);
+    assert_eq!(idx.get("2").unwrap().unwrap()["title"], "other");
+
+    // Same id again: replaced, not duplicated — also within one uncommitted batch.
+    idx.upsert(json!({"id": "a", "title": "second version", "n": 2})).unwrap();
+    idx.upsert(json!({"id": "a", "title": "final version", "n": 3})).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(ids(&idx, "draft"), Vec::<String>::new());
+    assert_eq!(ids(&idx, "version"), ["a"]);
+    assert_eq!(idx.get("a").unwrap().unwrap()["n"], 3);
+    assert_eq!(idx.stats().unwrap().docs, 2);
+
+    assert!(idx.delete("a").unwrap());
+    assert!(!idx.delete("missing").unwrap());
+    idx.commit().unwrap();
+    assert!(idx.get("a").unwrap().is_none());
+    assert_eq!(ids(&idx, ""), ["2"]);
+
+    // Generated ids are unique.
+    let x = idx.upsert(json!({"title": "anon"})).unwrap();
+    let y = idx.upsert(json!({"title": "anon"})).unwrap();
+    assert_ne!(x, y);
+    idx.commit().unwrap();
+    assert_eq!(ids(&idx, "anon").len(), 2);
+}
+
+#[test]
+fn schemaless_fields_are_searchable_by_name_and_path() {
+    let (_d, idx) = docs_index();
+    idx.upsert(json!({"id": "1", "title": "Rust in action", "meta": {"lang": "english", "pages": 456}, "tags": ["systems", "memory"]})).unwrap();
+    idx.upsert(json!({"id": "2", "title": "Python tricks", "meta": {"lang": "english", "pages": 300}, "tags": ["scripting"]})).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(ids(&idx, "rust"), ["1"]);
+    assert_eq!(ids(&idx, "title:python"), ["2"]);
+    assert_eq!(ids(&idx, "meta.lang:english"), ["1", "2"]);
+    assert_eq!(ids(&idx, "meta.pages:456"), ["1"]);
+    assert_eq!(ids(&idx, "tags:memory"), ["1"]);
+    assert_eq!(ids(&idx, "english -rust"), ["2"]);
+    assert_eq!(ids(&idx, "\"rust in action\""), ["1"]);
+    assert_eq!(ids(&idx, "pyth*"), ["2"]);
+    assert_eq!(ids(&idx, "+english +tricks"), ["2"]);
+
+    let hit = &idx
+        .search(&SearchRequest::new("memory rust").highlight(true))
+        .unwrap()
+        .hits[0];
+    assert_eq!(hit.doc["meta"]["pages"], 456);
+    let hl = &hit.highlights["title"];
+    let [s, e] = hl.ranges[0];
+    assert_eq!(&hl.fragment[s..e], "Rust");
+    assert!(hit.highlights.contains_key("tags"), "{:?}", hit.highlights);
+}
+
+#[test]
+fn explicit_schema_types_are_enforced() {
+    let data = tempfile::tempdir().unwrap();
+    let spec: SchemaSpec = serde_json::from_value(json!({"fields": [
+        {"name": "title", "type": "text"},
+        {"name": "year", "type": "u64", "fast": true},
+        {"name": "tag", "type": "string"},
+        {"name": "price", "type": "f64"},
+        {"name": "used", "type": "bool"}
+    ]}))
+    .unwrap();
+    let idx = Catalog::open(data.path())
+        .unwrap()
+        .create("typed", IndexKind::Documents, Some(spec))
+        .unwrap();
+    idx.upsert(json!({"id": "a", "title": "Dune", "year": 1965, "tag": "Sci-Fi", "price": 9.5, "used": true})).unwrap();
+    idx.upsert(json!({"id": "b", "title": "Emma", "year": 1815, "tag": ["classic", "romance"]})).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(ids(&idx, "dune"), ["a"]);
+    assert_eq!(ids(&idx, "tag:Sci-Fi"), ["a"]);
+    assert_eq!(ids(&idx, "tag:romance"), ["b"]);
+    assert_eq!(ids(&idx, "year:[1900 TO 2000]"), ["a"]);
+    assert_eq!(ids(&idx, "used:true"), ["a"]);
+    let got = idx.get("b").unwrap().unwrap();
+    assert_eq!(got["tag"], json!(["classic", "romance"]));
+    assert_eq!(got["year"], 1815);
+
+    for (doc, needle) in [
+        (json!({"id": "c", "year": "old"}), "\"year\" expects an integer"),
+        (json!({"id": "c", "year": -3}), "\"year\" expects a non-negative integer"),
+        (json!({"id": "c", "colour": "red"}), "\"colour\" is not in the index schema"),
+        (json!({"id": "c", "title": 5}), "\"title\" expects a string"),
+        (json!({"id": "c", "used": "yes"}), "\"used\" expects a boolean"),
+        (json!({"id": {"x": 1}}), "\"id\" must be a string or an integer"),
+        (json!({"id": ""}), "1 to 512 bytes"),
+        (json!(["not", "an", "object"]), "expected a JSON object, found an array"),
+    ] {
+        let e = idx.upsert(doc).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+        assert!(e.to_string().contains(needle), "{e} lacks {needle}");
+    }
+    // Unknown fields in a query are an InvalidInput naming the field.
+    let e = idx.search(&SearchRequest::new("colour:red")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidInput);
+    assert!(e.to_string().contains("colour"), "{e}");
+}
+
+#[test]
+fn ndjson_bad_lines_are_reported_and_good_lines_kept() {
+    let (_d, idx) = docs_index();
+    let input = concat!(
+        "{\"id\":\"1\",\"text\":\"one\"}\n",
+        "\n",
+        "{\"id\":\"2\",\"text\":\"two\"\n",
+        "[1,2,3]\n",
+        "{\"id\":\"3\",\"text\":\"three\"}\r\n",
+        "\u{feff}garbage\n",
+        "{\"id\":true}\n",
+        "{\"id\":\"4\",\"text\":\"caf\u{e9}\"}"
+    );
+    let r = idx.ingest_ndjson(input.as_bytes()).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(r.indexed, 3);
+    assert_eq!(r.failed, 4);
+    let lines: Vec<u64> = r.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 4, 6, 7]);
+    assert!(r.errors[0].reason.contains("malformed JSON"), "{:?}", r.errors[0]);
+    assert_eq!(ids(&idx, ""), ["1", "3", "4"]);
+    assert_eq!(ids(&idx, "café"), ["4"]);
+}
+
+#[test]
+fn a_second_writer_gets_a_lock_error_naming_the_lock() {
+    let data = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(data.path()).unwrap();
+    let first = cat.create("locked", IndexKind::Documents, None).unwrap();
+    first.upsert(json!({"id": "1"})).unwrap();
+    let second = cat.open_index("locked").unwrap();
+    let started = std::time::Instant::now();
+    let e = second.upsert(json!({"id": "2"})).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "lock wait hung");
+    assert!(matches!(e, CoreError::WriterLocked { .. }), "{e:?}");
+    assert_eq!(e.code(), ErrorCode::Conflict);
+    assert!(e.to_string().contains(".tantivy-writer.lock"), "{e}");
+    // Readers are never blocked by the writer.
+    assert_eq!(second.search(&SearchRequest::new("")).unwrap().total, Some(0));
+    first.commit().unwrap();
+    first.close_writer();
+    second.upsert(json!({"id": "2"})).unwrap();
+    second.commit().unwrap();
+    assert_eq!(second.stats().unwrap().docs, 2);
+}
+
+#[test]
+fn stats_count_docs_segments_and_bytes() {
+    let (_d, idx) = docs_index();
+    let empty = idx.stats().unwrap();
+    assert_eq!((empty.docs, empty.segments), (0, 0));
+    for i in 0..50 {
+        idx.upsert(json!({"id": i, "body": format!("document number {i}")})).unwrap();
+    }
+    idx.commit().unwrap();
+    idx.delete("7").unwrap();
+    idx.commit().unwrap();
+    let s = idx.stats().unwrap();
+    assert_eq!(s.docs, 49);
+    assert!(s.segments >= 1);
+    assert!(s.bytes_on_disk > empty.bytes_on_disk);
+}
