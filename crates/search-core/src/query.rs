@@ -37,25 +37,57 @@ impl Default for QueryLimits {
     }
 }
 
-/// Deepest parenthesis nesting outside quoted phrases.
+/// Deepest nesting outside quoted phrases: brackets, plus chains of `NOT` (each `NOT` is one
+/// more level of recursion in Tantivy's grammar).
 fn nesting_depth(text: &str) -> usize {
     let (mut depth, mut max, mut in_quote, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
+    let mut not_chain = 0usize;
+    let mut word = 0..0;
+    let bytes = text.as_bytes();
+    let mut end_word = |word: &mut std::ops::Range<usize>, depth: usize, max: &mut usize| {
+        if word.is_empty() {
+            return;
+        }
+        if &bytes[word.clone()] == b"NOT" {
+            not_chain += 1;
+            *max = (*max).max(depth + not_chain);
+        } else {
+            not_chain = 0;
+        }
+        *word = 0..0;
+    };
+    for (i, &b) in bytes.iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
+        if in_quote {
+            in_quote = b != b'"';
+            continue;
+        }
         match b {
             b'\\' => escaped = true,
-            b'"' => in_quote = !in_quote,
-            b'(' | b'[' | b'{' if !in_quote => {
+            b'"' => in_quote = true,
+            b'(' | b'[' | b'{' => {
+                end_word(&mut word, depth, &mut max);
                 depth += 1;
                 max = max.max(depth);
             }
-            b')' | b']' | b'}' if !in_quote => depth = depth.saturating_sub(1),
-            _ => {}
+            b')' | b']' | b'}' => {
+                end_word(&mut word, depth, &mut max);
+                depth = depth.saturating_sub(1);
+            }
+            b if b.is_ascii_whitespace() => end_word(&mut word, depth, &mut max),
+            _ => {
+                if word.is_empty() {
+                    word = i..i + 1;
+                } else {
+                    word.end = i + 1;
+                }
+            }
         }
     }
+    end_word(&mut word, depth, &mut max);
     max
 }
 
@@ -308,6 +340,10 @@ mod tests {
         assert_eq!(nesting_depth("\"((((\" x"), 0);
         assert_eq!(nesting_depth(r"\(\(\( x"), 0);
         assert_eq!(nesting_depth("a:[1 TO 2]"), 1);
+        assert_eq!(nesting_depth("NOT NOT NOT a"), 3);
+        assert_eq!(nesting_depth("NOT a NOT b"), 1);
+        assert_eq!(nesting_depth("(NOT (NOT a))"), 4);
+        assert_eq!(nesting_depth("\"NOT NOT\" NOTE"), 0);
     }
 
     #[test]
