@@ -202,7 +202,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             index_dir(&index, dir, &opts, *quiet, *json)
         }
-        Command::Add { file, json } => add(&engine.open_or_create(index_name, IndexKind::Documents)?, file, *json),
+        Command::Add { file, json } => add(
+            &engine.open_or_create(index_name, IndexKind::Documents)?,
+            file,
+            *json,
+        ),
         Command::Search {
             query,
             limit,
@@ -251,7 +255,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else if all.is_empty() {
                 println!("no indexes in {}", cli.data.display());
             } else {
-                println!("{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}", "INDEX", "KIND", "DOCS", "DELETED", "SEGMENTS", "SIZE");
+                println!(
+                    "{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}",
+                    "INDEX", "KIND", "DOCS", "DELETED", "SEGMENTS", "SIZE"
+                );
                 for s in all {
                     println!(
                         "{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}",
@@ -269,8 +276,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CreateIndex { name, kind, schema } => {
             let spec: Option<SchemaSpec> = match schema {
                 Some(p) => {
-                    let f = File::open(p).with_context(|| format!("cannot open schema file {}", p.display()))?;
-                    Some(serde_json::from_reader(BufReader::new(f)).with_context(|| format!("schema file {} is not a valid schema", p.display()))?)
+                    let f = File::open(p)
+                        .with_context(|| format!("cannot open schema file {}", p.display()))?;
+                    Some(serde_json::from_reader(BufReader::new(f)).with_context(|| {
+                        format!("schema file {} is not a valid schema", p.display())
+                    })?)
                 }
                 None => None,
             };
@@ -279,7 +289,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Kind::Files => IndexKind::Files,
             };
             engine.catalog().create(name, kind, spec)?;
-            println!("created {} index {name:?} in {}", kind.as_str(), cli.data.display());
+            println!(
+                "created {} index {name:?} in {}",
+                kind.as_str(),
+                cli.data.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::DeleteIndex { name } => {
@@ -298,7 +312,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn index_dir(
@@ -312,7 +330,9 @@ fn index_dir(
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new_spinner();
-        b.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("valid template"));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("valid template"),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     };
@@ -383,7 +403,10 @@ fn add(index: &SearchIndex, file: &str, json: bool) -> Result<ExitCode> {
             eprintln!("line {}: {}", e.line, e.reason);
         }
         if report.errors.len() > SHOWN {
-            eprintln!("... and {} more rejected lines", report.errors.len() - SHOWN);
+            eprintln!(
+                "... and {} more rejected lines",
+                report.errors.len() - SHOWN
+            );
         }
         println!(
             "added {} documents to {:?} in {:.2} s; {} lines rejected",
@@ -411,11 +434,24 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let color = io::stdout().is_terminal();
-    let (on, off) = if color { ("\x1b[1;31m", "\x1b[0m") } else { ("**", "**") };
-    let (bold, plain) = if color { ("\x1b[1m", "\x1b[0m") } else { ("", "") };
+    let (on, off) = if color {
+        ("\x1b[1;31m", "\x1b[0m")
+    } else {
+        ("**", "**")
+    };
+    let (bold, plain) = if color {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
     let mut out = io::stdout().lock();
     for hit in &resp.hits {
-        writeln!(out, "{bold}{}{plain}  ({:.2})", hit_title(index, hit), hit.score)?;
+        writeln!(
+            out,
+            "{bold}{}{plain}  ({:.2})",
+            hit_title(index, hit),
+            hit.score
+        )?;
         for (field, hl) in &hit.highlights {
             let text = one_line(&hl.marked(on, off));
             if index.kind() == IndexKind::Files {
@@ -431,9 +467,16 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
         }
     }
     let shown = resp.hits.len();
-    let total = resp.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+    let total = resp
+        .total
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "?".into());
     if shown == 0 {
-        writeln!(out, "no hits ({total} matching) in {:.1} ms", took.as_secs_f64() * 1e3)?;
+        writeln!(
+            out,
+            "no hits ({total} matching) in {:.1} ms",
+            took.as_secs_f64() * 1e3
+        )?;
     } else {
         writeln!(
             out,
@@ -451,7 +494,11 @@ fn hit_title(index: &SearchIndex, hit: &Hit) -> String {
     if index.kind() != IndexKind::Files {
         return hit.id.clone();
     }
-    let path = hit.doc.get("path").and_then(|v| v.as_str()).unwrap_or(&hit.id);
+    let path = hit
+        .doc
+        .get("path")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&hit.id);
     let line = hit
         .highlights
         .get("content")

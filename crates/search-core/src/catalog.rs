@@ -186,7 +186,8 @@ impl Catalog {
             STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| {
-            fs::create_dir_all(staging.join(TANTIVY_DIR)).map_err(|e| CoreError::io(&staging, e))?;
+            fs::create_dir_all(staging.join(TANTIVY_DIR))
+                .map_err(|e| CoreError::io(&staging, e))?;
             let meta = IndexMeta {
                 format: META_FORMAT,
                 kind,
@@ -269,7 +270,17 @@ mod tests {
         for ok in ["default", "a", "my-index_2", "X9"] {
             validate_index_name(ok).unwrap();
         }
-        for bad in ["", ".", "..", "-x", "_x", "a/b", "a b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "_x",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(validate_index_name(bad).is_err(), "{bad:?} accepted");
         }
     }

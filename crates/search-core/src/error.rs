@@ -252,9 +252,7 @@ mod tests {
         let e = CoreError::tantivy(
             "i",
             "open",
-            TantivyError::DataCorruption(tantivy::error::DataCorruption::comment_only(
-                "bad",
-            )),
+            TantivyError::DataCorruption(tantivy::error::DataCorruption::comment_only("bad")),
         );
         assert_eq!(e.code(), ErrorCode::DataCorruption);
         assert_eq!(e.severity(), Severity::Critical);

@@ -196,7 +196,10 @@ impl SearchIndex {
                     {
                         out.insert(
                             buf.clone(),
-                            (sizes.first(doc).unwrap_or(0), mtimes.first(doc).unwrap_or(0)),
+                            (
+                                sizes.first(doc).unwrap_or(0),
+                                mtimes.first(doc).unwrap_or(0),
+                            ),
                         );
                     }
                 }

@@ -198,7 +198,10 @@ impl SearchIndex {
 
     /// Runs `f` with the writer, opening it on first use. Opening fails fast with
     /// [`CoreError::WriterLocked`] when another writer holds the index.
-    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut IndexWriter) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut IndexWriter) -> Result<T>,
+    ) -> Result<T> {
         let mut guard = lock(&self.writer);
         if guard.is_none() {
             let heap = self.config.writer_heap_bytes;
@@ -311,7 +314,9 @@ impl SearchIndex {
             });
             match parsed.and_then(|v| self.upsert(v)) {
                 Ok(_) => report.indexed += 1,
-                Err(e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. })) => {
+                Err(
+                    e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. }),
+                ) => {
                     report.failed += 1;
                     report.errors.push(LineError {
                         line: line_no,
@@ -504,9 +509,11 @@ fn add_typed(
         (_, Value::Null) => {}
         (FieldType::Text | FieldType::String, Value::String(s)) => doc.add_text(field, s),
         (FieldType::Text | FieldType::String, _) => return Err(mismatch("a string", &v)),
-        (FieldType::I64, Value::Number(n)) => {
-            doc.add_i64(field, n.as_i64().ok_or_else(|| mismatch("a 64-bit signed integer", &v))?)
-        }
+        (FieldType::I64, Value::Number(n)) => doc.add_i64(
+            field,
+            n.as_i64()
+                .ok_or_else(|| mismatch("a 64-bit signed integer", &v))?,
+        ),
         (FieldType::U64, Value::Number(n)) => doc.add_u64(
             field,
             n.as_u64()
@@ -532,7 +539,9 @@ fn dir_size(dir: &Path) -> Result<u64> {
     };
     for entry in rd {
         let entry = entry.map_err(|e| CoreError::io(dir, e))?;
-        let ft = entry.file_type().map_err(|e| CoreError::io(entry.path(), e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| CoreError::io(entry.path(), e))?;
         if ft.is_dir() {
             total += dir_size(&entry.path())?;
         } else if ft.is_file() {

@@ -7,8 +7,7 @@
 
 use tantivy::Term;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, QueryParser,
-    QueryParserError,
+    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, QueryParser, QueryParserError,
 };
 use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
 use tantivy::schema::{Field, FieldType, Schema};
@@ -45,7 +44,7 @@ fn nesting_depth(text: &str) -> usize {
     let mut word = 0..0;
     let bytes = text.as_bytes();
     let mut end_word = |word: &mut std::ops::Range<usize>, depth: usize, max: &mut usize| {
-        if word.is_empty() {
+        if word.start == word.end {
             return;
         }
         if &bytes[word.clone()] == b"NOT" {
@@ -79,7 +78,7 @@ fn nesting_depth(text: &str) -> usize {
             }
             b if b.is_ascii_whitespace() => end_word(&mut word, depth, &mut max),
             _ => {
-                if word.is_empty() {
+                if word.start == word.end {
                     word = i..i + 1;
                 } else {
                     word.end = i + 1;
@@ -271,7 +270,10 @@ impl QueryBuilder {
                         .default_fields
                         .iter()
                         .filter(|f| {
-                            matches!(self.schema.get_field_entry(**f).field_type(), FieldType::JsonObject(_))
+                            matches!(
+                                self.schema.get_field_entry(**f).field_type(),
+                                FieldType::JsonObject(_)
+                            )
                         })
                         .map(|f| (*f, name.as_str()))
                         .collect();
@@ -324,7 +326,10 @@ impl QueryBuilder {
             } else {
                 Term::from_field_text(field, token)
             };
-            subs.push((Occur::Should, Box::new(FuzzyTermQuery::new_prefix(term, 0, true))));
+            subs.push((
+                Occur::Should,
+                Box::new(FuzzyTermQuery::new_prefix(term, 0, true)),
+            ));
         }
         Ok(Box::new(BooleanQuery::new(subs)))
     }
@@ -348,7 +353,13 @@ mod tests {
 
     #[test]
     fn leaf_bound_is_an_upper_bound() {
-        for q in ["a b c", "(a) (b)", "\"a b\" c", "+a -b title:c", "a AND (b OR c)"] {
+        for q in [
+            "a b c",
+            "(a) (b)",
+            "\"a b\" c",
+            "+a -b title:c",
+            "a AND (b OR c)",
+        ] {
             let ast = query_grammar::parse_query(q).unwrap();
             assert!(count_leaves(&ast) <= leaf_upper_bound(q), "{q}");
         }

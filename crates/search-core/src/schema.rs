@@ -341,7 +341,10 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("only applies"), "{e}");
-        assert!(serde_json::from_str::<SchemaSpec>(r#"{"fields":[{"name":"a","type":"blob"}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<SchemaSpec>(r#"{"fields":[{"name":"a","type":"blob"}]}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -191,10 +191,18 @@ impl SearchIndex {
         self.run(&searcher, query.as_ref(), req)
     }
 
-    fn run(&self, searcher: &Searcher, query: &dyn Query, req: &SearchRequest) -> Result<SearchResponse> {
+    fn run(
+        &self,
+        searcher: &Searcher,
+        query: &dyn Query,
+        req: &SearchRequest,
+    ) -> Result<SearchResponse> {
         let err = |e| CoreError::tantivy(&self.name, "search", e);
-        let top = (req.limit > 0)
-            .then(|| TopDocs::with_limit(req.limit).and_offset(req.offset).order_by_score());
+        let top = (req.limit > 0).then(|| {
+            TopDocs::with_limit(req.limit)
+                .and_offset(req.offset)
+                .order_by_score()
+        });
         let count = req.count.then_some(Count);
         let (top, total) = searcher.search(query, &(top, count)).map_err(err)?;
         let top = top.unwrap_or_default();
@@ -260,13 +268,20 @@ fn highlight(h: &Highlighter, doc: &TantivyDocument) -> BTreeMap<String, Highlig
             }
         }
         Highlighter::Files(generator, content, line_start) => {
-            let text = doc.get_first(*content).and_then(|v| v.as_str()).unwrap_or("");
+            let text = doc
+                .get_first(*content)
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
             let snippet = generator.snippet(text);
             if let Some(mut hl) = Highlight::from_snippet(&snippet) {
                 let first = snippet.fragment_range().start + hl.ranges[0][0];
-                let start = doc.get_first(*line_start).and_then(|v| v.as_u64()).unwrap_or(1);
+                let start = doc
+                    .get_first(*line_start)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(1);
                 let before = text.get(..first).unwrap_or("");
-                hl.line = Some(start + memchr::memchr_iter(b'\n', before.as_bytes()).count() as u64);
+                hl.line =
+                    Some(start + memchr::memchr_iter(b'\n', before.as_bytes()).count() as u64);
                 out.insert("content".to_string(), hl);
             }
         }
@@ -296,10 +311,16 @@ fn highlight(h: &Highlighter, doc: &TantivyDocument) -> BTreeMap<String, Highlig
 fn string_leaves<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a str)>) {
     match v {
         Value::String(s) => out.push((path, s)),
-        Value::Array(items) => items.iter().for_each(|i| string_leaves(i, path.clone(), out)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| string_leaves(i, path.clone(), out)),
         Value::Object(m) => {
             for (k, v) in m {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 string_leaves(v, p, out);
             }
         }
@@ -324,8 +345,25 @@ mod tests {
     #[test]
     fn request_limits_are_checked() {
         assert!(SearchRequest::new("x").limit(1001).validate().is_err());
-        assert!(SearchRequest::new("x").limit(10).offset(9995).validate().is_err());
-        assert!(SearchRequest::new("x").limit(1000).offset(9000).validate().is_ok());
-        assert!(SearchRequest::new("x").offset(usize::MAX).validate().is_err());
+        assert!(
+            SearchRequest::new("x")
+                .limit(10)
+                .offset(9995)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            SearchRequest::new("x")
+                .limit(1000)
+                .offset(9000)
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            SearchRequest::new("x")
+                .offset(usize::MAX)
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -1,8 +1,6 @@
 //! JSON documents: upsert by id, get, delete, schemas, NDJSON with bad lines, writer locking.
 
-use search_core::{
-    Catalog, CoreError, IndexKind, SchemaSpec, SearchIndex, SearchRequest,
-};
+use search_core::{Catalog, CoreError, IndexKind, SchemaSpec, SearchIndex, SearchRequest};
 use search_error::{Classify, ErrorCode};
 use serde_json::json;
 
@@ -30,15 +28,18 @@ fn ids(idx: &SearchIndex, q: &str) -> Vec<String> {
 #[test]
 fn upsert_replaces_and_delete_removes() {
     let (_d, idx) = docs_index();
-    idx.upsert(json!({"id": "a", "title": "first draft", "n": 1})).unwrap();
+    idx.upsert(json!({"id": "a", "title": "first draft", "n": 1}))
+        .unwrap();
     idx.upsert(json!({"id": 2, "title": "other"})).unwrap();
     idx.commit().unwrap();
     assert_eq!(ids(&idx, "draft"), ["a"]);
     assert_eq!(idx.get("2").unwrap().unwrap()["title"], "other");
 
     // Same id again: replaced, not duplicated — also within one uncommitted batch.
-    idx.upsert(json!({"id": "a", "title": "second version", "n": 2})).unwrap();
-    idx.upsert(json!({"id": "a", "title": "final version", "n": 3})).unwrap();
+    idx.upsert(json!({"id": "a", "title": "second version", "n": 2}))
+        .unwrap();
+    idx.upsert(json!({"id": "a", "title": "final version", "n": 3}))
+        .unwrap();
     idx.commit().unwrap();
     assert_eq!(ids(&idx, "draft"), Vec::<String>::new());
     assert_eq!(ids(&idx, "version"), ["a"]);
@@ -102,7 +103,8 @@ fn explicit_schema_types_are_enforced() {
         .create("typed", IndexKind::Documents, Some(spec))
         .unwrap();
     idx.upsert(json!({"id": "a", "title": "Dune", "year": 1965, "tag": "Sci-Fi", "price": 9.5, "used": true})).unwrap();
-    idx.upsert(json!({"id": "b", "title": "Emma", "year": 1815, "tag": ["classic", "romance"]})).unwrap();
+    idx.upsert(json!({"id": "b", "title": "Emma", "year": 1815, "tag": ["classic", "romance"]}))
+        .unwrap();
     idx.commit().unwrap();
     assert_eq!(ids(&idx, "dune"), ["a"]);
     assert_eq!(ids(&idx, "tag:Sci-Fi"), ["a"]);
@@ -114,14 +116,32 @@ fn explicit_schema_types_are_enforced() {
     assert_eq!(got["year"], 1815);
 
     for (doc, needle) in [
-        (json!({"id": "c", "year": "old"}), "\"year\" expects an integer"),
-        (json!({"id": "c", "year": -3}), "\"year\" expects a non-negative integer"),
-        (json!({"id": "c", "colour": "red"}), "\"colour\" is not in the index schema"),
+        (
+            json!({"id": "c", "year": "old"}),
+            "\"year\" expects an integer",
+        ),
+        (
+            json!({"id": "c", "year": -3}),
+            "\"year\" expects a non-negative integer",
+        ),
+        (
+            json!({"id": "c", "colour": "red"}),
+            "\"colour\" is not in the index schema",
+        ),
         (json!({"id": "c", "title": 5}), "\"title\" expects a string"),
-        (json!({"id": "c", "used": "yes"}), "\"used\" expects a boolean"),
-        (json!({"id": {"x": 1}}), "\"id\" must be a string or an integer"),
+        (
+            json!({"id": "c", "used": "yes"}),
+            "\"used\" expects a boolean",
+        ),
+        (
+            json!({"id": {"x": 1}}),
+            "\"id\" must be a string or an integer",
+        ),
         (json!({"id": ""}), "1 to 512 bytes"),
-        (json!(["not", "an", "object"]), "expected a JSON object, found an array"),
+        (
+            json!(["not", "an", "object"]),
+            "expected a JSON object, found an array",
+        ),
     ] {
         let e = idx.upsert(doc).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidInput);
@@ -152,7 +172,11 @@ fn ndjson_bad_lines_are_reported_and_good_lines_kept() {
     assert_eq!(r.failed, 4);
     let lines: Vec<u64> = r.errors.iter().map(|e| e.line).collect();
     assert_eq!(lines, [3, 4, 6, 7]);
-    assert!(r.errors[0].reason.contains("malformed JSON"), "{:?}", r.errors[0]);
+    assert!(
+        r.errors[0].reason.contains("malformed JSON"),
+        "{:?}",
+        r.errors[0]
+    );
     assert_eq!(ids(&idx, ""), ["1", "3", "4"]);
     assert_eq!(ids(&idx, "café"), ["4"]);
 }
@@ -166,12 +190,18 @@ fn a_second_writer_gets_a_lock_error_naming_the_lock() {
     let second = cat.open_index("locked").unwrap();
     let started = std::time::Instant::now();
     let e = second.upsert(json!({"id": "2"})).unwrap_err();
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "lock wait hung");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "lock wait hung"
+    );
     assert!(matches!(e, CoreError::WriterLocked { .. }), "{e:?}");
     assert_eq!(e.code(), ErrorCode::Conflict);
     assert!(e.to_string().contains(".tantivy-writer.lock"), "{e}");
     // Readers are never blocked by the writer.
-    assert_eq!(second.search(&SearchRequest::new("")).unwrap().total, Some(0));
+    assert_eq!(
+        second.search(&SearchRequest::new("")).unwrap().total,
+        Some(0)
+    );
     first.commit().unwrap();
     first.close_writer();
     second.upsert(json!({"id": "2"})).unwrap();
@@ -185,7 +215,8 @@ fn stats_count_docs_segments_and_bytes() {
     let empty = idx.stats().unwrap();
     assert_eq!((empty.docs, empty.segments), (0, 0));
     for i in 0..50 {
-        idx.upsert(json!({"id": i, "body": format!("document number {i}")})).unwrap();
+        idx.upsert(json!({"id": i, "body": format!("document number {i}")}))
+            .unwrap();
     }
     idx.commit().unwrap();
     idx.delete("7").unwrap();

@@ -3,7 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use search_core::{Catalog, IndexDirOptions, IndexDirReport, IndexKind, SearchIndex, SearchRequest};
+use search_core::{
+    Catalog, IndexDirOptions, IndexDirReport, IndexKind, SearchIndex, SearchRequest,
+};
 
 fn setup() -> (tempfile::TempDir, tempfile::TempDir, SearchIndex) {
     let data = tempfile::tempdir().unwrap();
@@ -39,7 +41,11 @@ fn filters_odd_files_and_keeps_going() {
     let (_d, src, idx) = setup();
     let s = src.path();
     fs::write(s.join("empty.txt"), "").unwrap();
-    fs::write(s.join("hello.rs"), "fn main() { println!(\"hello zebra\"); }\n").unwrap();
+    fs::write(
+        s.join("hello.rs"),
+        "fn main() { println!(\"hello zebra\"); }\n",
+    )
+    .unwrap();
     let mut bin = b"zebra".to_vec();
     bin.extend_from_slice(&[0, 1, 2, 3]);
     fs::write(s.join("blob.bin"), &bin).unwrap();
@@ -81,10 +87,16 @@ fn filters_odd_files_and_keeps_going() {
     );
     assert_eq!(
         paths(&idx, "zebra"),
-        [".gitignore", ".hidden/secret.txt", "debug.log", "hello.rs", "ignored/x.txt"]
-            .into_iter()
-            .filter(|p| *p != ".gitignore")
-            .collect::<Vec<_>>()
+        [
+            ".gitignore",
+            ".hidden/secret.txt",
+            "debug.log",
+            "hello.rs",
+            "ignored/x.txt"
+        ]
+        .into_iter()
+        .filter(|p| *p != ".gitignore")
+        .collect::<Vec<_>>()
     );
 }
 
@@ -92,7 +104,10 @@ fn filters_odd_files_and_keeps_going() {
 fn fifo_is_skipped_not_read() {
     let (_d, src, idx) = setup();
     let fifo = src.path().join("pipe");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
     fs::write(src.path().join("a.txt"), "alpha").unwrap();
     let r = run(&idx, src.path());
@@ -126,7 +141,9 @@ fn large_files_are_skipped_or_chunked() {
     let mut n = 0u64;
     while text.len() < 50_000_000 {
         n += 1;
-        text.push_str(&format!("line {n} lorem ipsum dolor sit amet consectetur adipiscing\n"));
+        text.push_str(&format!(
+            "line {n} lorem ipsum dolor sit amet consectetur adipiscing\n"
+        ));
     }
     text.push_str("the needle quokka\n");
     fs::write(src.path().join("big.txt"), &text).unwrap();
@@ -160,7 +177,13 @@ fn large_files_are_skipped_or_chunked() {
 fn chunks_name_their_lines() {
     let (_d, src, idx) = setup();
     let text: String = (1..=450)
-        .map(|i| if i == 321 { "the platypus line\n".to_string() } else { format!("filler {i}\n") })
+        .map(|i| {
+            if i == 321 {
+                "the platypus line\n".to_string()
+            } else {
+                format!("filler {i}\n")
+            }
+        })
         .collect();
     fs::write(src.path().join("f.txt"), text).unwrap();
     let r = run(&idx, src.path());
@@ -190,14 +213,21 @@ fn incremental_reindex_follows_edits_and_deletions() {
     assert_eq!(r.files_indexed, 3);
 
     let r = run(&idx, s);
-    assert_eq!((r.files_indexed, r.files_unchanged, r.files_removed), (0, 3, 0));
+    assert_eq!(
+        (r.files_indexed, r.files_unchanged, r.files_removed),
+        (0, 3, 0)
+    );
 
     fs::write(s.join("a.txt"), "alpha edited version").unwrap();
     fs::remove_file(s.join("b.txt")).unwrap();
     fs::remove_dir_all(s.join("sub")).unwrap();
     fs::write(s.join("d.txt"), "delta").unwrap();
     let r = run(&idx, s);
-    assert_eq!((r.files_indexed, r.files_unchanged, r.files_removed), (2, 0, 2), "{r:?}");
+    assert_eq!(
+        (r.files_indexed, r.files_unchanged, r.files_removed),
+        (2, 0, 2),
+        "{r:?}"
+    );
     assert_eq!(paths(&idx, "original"), Vec::<String>::new());
     assert_eq!(paths(&idx, "edited"), ["a.txt"]);
     assert_eq!(paths(&idx, "beta OR gamma"), Vec::<String>::new());
@@ -216,7 +246,11 @@ fn incremental_reindex_follows_edits_and_deletions() {
 fn errors_name_the_path_and_the_index_kind() {
     let (data, _src, idx) = setup();
     let e = idx
-        .index_dir(Path::new("/definitely/not/here"), &Default::default(), &mut |_| {})
+        .index_dir(
+            Path::new("/definitely/not/here"),
+            &Default::default(),
+            &mut |_| {},
+        )
         .unwrap_err();
     assert!(e.to_string().contains("/definitely/not/here"), "{e}");
     let docs = Catalog::open(data.path())

@@ -50,12 +50,58 @@ fn edge_cases_give_results_or_invalid_input() {
     assert_eq!(outcome(&idx, "-the -rust"), Ok(2));
     assert_eq!(outcome(&idx, "NOT the"), Ok(3));
     for q in [
-        "\"unbalanced", "unbalanced\"", "(open", "close)", "((a)", "a))", "\"", "(", ")", "\\",
-        "*", "**", ":", "text:", ":x", "a:[1 TO", "[a TO b]", "{", "}", "''", "\"\"", "a^",
-        "a^1e309", "a~2", "+", "-", "+-+-a", "AND", "OR OR", "a AND", "NOT", "n:abc", "n:>3",
-        "n:[0 TO 2]", "text:\"quick fox\"~2", "\"quick br\"*", "qu*", "text:qu*", "nope*",
-        "\u{0}", "\u{feff}", "🚀", "東京", "a\tb\nc", "title:(a b)", "\"\"*", "*:*",
-        "IN [a b]", "text: IN [quick lazy]", "_id:1", "_source:x", "exists:text",
+        "\"unbalanced",
+        "unbalanced\"",
+        "(open",
+        "close)",
+        "((a)",
+        "a))",
+        "\"",
+        "(",
+        ")",
+        "\\",
+        "*",
+        "**",
+        ":",
+        "text:",
+        ":x",
+        "a:[1 TO",
+        "[a TO b]",
+        "{",
+        "}",
+        "''",
+        "\"\"",
+        "a^",
+        "a^1e309",
+        "a~2",
+        "+",
+        "-",
+        "+-+-a",
+        "AND",
+        "OR OR",
+        "a AND",
+        "NOT",
+        "n:abc",
+        "n:>3",
+        "n:[0 TO 2]",
+        "text:\"quick fox\"~2",
+        "\"quick br\"*",
+        "qu*",
+        "text:qu*",
+        "nope*",
+        "\u{0}",
+        "\u{feff}",
+        "🚀",
+        "東京",
+        "a\tb\nc",
+        "title:(a b)",
+        "\"\"*",
+        "*:*",
+        "IN [a b]",
+        "text: IN [quick lazy]",
+        "_id:1",
+        "_source:x",
+        "exists:text",
     ] {
         let _ = outcome(&idx, q);
     }
@@ -88,11 +134,22 @@ fn limits_are_enforced_with_clear_errors() {
     let e = outcome(&idx, "fox \"open").unwrap_err();
     assert!(e.contains("at byte"), "{e}");
     // Paging limits.
-    let e = idx.search(&SearchRequest::new("fox").limit(1001)).unwrap_err();
+    let e = idx
+        .search(&SearchRequest::new("fox").limit(1001))
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidInput);
     assert!(e.to_string().contains("limit"), "{e}");
-    assert_eq!(idx.search(&SearchRequest::new("").limit(0)).unwrap().total, Some(5));
-    assert_eq!(idx.search(&SearchRequest::new("").offset(3)).unwrap().hits.len(), 2);
+    assert_eq!(
+        idx.search(&SearchRequest::new("").limit(0)).unwrap().total,
+        Some(5)
+    );
+    assert_eq!(
+        idx.search(&SearchRequest::new("").offset(3))
+            .unwrap()
+            .hits
+            .len(),
+        2
+    );
 }
 
 fn query_like() -> impl Strategy<Value = String> {
@@ -154,7 +211,10 @@ impl Rng {
 }
 
 fn web_queries() -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/data/queries-web-50k.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../benches/data/queries-web-50k.txt"
+    );
     let text = std::fs::read_to_string(path).expect("web queries file is committed");
     text.lines()
         .map(|l| l.split_once(':').map_or(l, |(_, q)| q).trim().to_string())
@@ -179,7 +239,12 @@ fn top10_matches_plain_tantivy_on_web_queries() {
     }
     let docs: Vec<(String, String, String)> = (0..3_000)
         .map(|i| {
-            let mut words = |n| (0..n).map(|_| vocab[rng.zipf(vocab.len())].as_str()).collect::<Vec<_>>().join(" ");
+            let mut words = |n| {
+                (0..n)
+                    .map(|_| vocab[rng.zipf(vocab.len())].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             let title_len = 2 + (i % 7);
             let text_len = 20 + (i * 37 % 300);
             (format!("doc{i}"), words(title_len), words(text_len))
@@ -202,7 +267,8 @@ fn top10_matches_plain_tantivy_on_web_queries() {
         .create("c", IndexKind::Documents, Some(spec))
         .unwrap();
     for (id, title, text) in &docs {
-        ours.upsert(json!({"id": id, "title": title, "text": text})).unwrap();
+        ours.upsert(json!({"id": id, "title": title, "text": text}))
+            .unwrap();
     }
     ours.commit().unwrap();
 
@@ -258,6 +324,11 @@ fn top10_matches_plain_tantivy_on_web_queries() {
         compared += 1;
         with_hits += usize::from(!theirs.is_empty());
     }
-    eprintln!("compared {compared} queries ({with_hits} with hits), {prefix_skipped} prefix queries skipped");
-    assert!(compared > 1_900 && with_hits > 1_000, "{compared} / {with_hits}");
+    eprintln!(
+        "compared {compared} queries ({with_hits} with hits), {prefix_skipped} prefix queries skipped"
+    );
+    assert!(
+        compared > 1_900 && with_hits > 1_000,
+        "{compared} / {with_hits}"
+    );
 }

@@ -279,6 +279,7 @@ mod tests {
         }
         assert_eq!(E.severity(), Severity::Critical);
         assert!(!E.is_retryable());
-        assert_eq!((&E).code(), ErrorCode::DataCorruption);
+        let by_ref: &dyn Classify = &E;
+        assert_eq!(by_ref.code(), ErrorCode::DataCorruption);
     }
 }
