@@ -414,10 +414,8 @@ impl SearchIndex {
         let mut out = Map::new();
         match &self.layout {
             Layout::Schemaless(f) => {
-                if let Some(v) = doc.get_first(f.source) {
-                    if let Ok(Value::Object(m)) = serde_json::to_value(OwnedValue::from(v)) {
-                        out = m;
-                    }
+                if let Some(Value::Object(m)) = doc.get_first(f.source).map(to_json) {
+                    out = m;
                 }
             }
             _ => {
@@ -426,11 +424,10 @@ impl SearchIndex {
                     if field == self.layout.id() {
                         continue;
                     }
-                    let name = schema.get_field_name(field).to_string();
-                    let v = serde_json::to_value(OwnedValue::from(value)).unwrap_or(Value::Null);
-                    match out.get_mut(&name) {
+                    let v = to_json(value);
+                    match out.get_mut(schema.get_field_name(field)) {
                         None => {
-                            out.insert(name, v);
+                            out.insert(schema.get_field_name(field).to_string(), v);
                         }
                         Some(Value::Array(items)) => items.push(v),
                         Some(prev) => {
@@ -442,6 +439,29 @@ impl SearchIndex {
             }
         }
         (id, out)
+    }
+}
+
+/// A stored value as JSON, copying each string once (no intermediate `OwnedValue`).
+pub(crate) fn to_json<'a, V: tantivy::schema::Value<'a>>(v: V) -> Value {
+    use tantivy::schema::document::{ReferenceValue, ReferenceValueLeaf as Leaf};
+    match v.as_value() {
+        ReferenceValue::Leaf(leaf) => match leaf {
+            Leaf::Null => Value::Null,
+            Leaf::Str(s) | Leaf::Facet(s) => Value::String(s.to_string()),
+            Leaf::U64(n) => Value::from(n),
+            Leaf::I64(n) => Value::from(n),
+            Leaf::F64(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+            Leaf::Bool(b) => Value::Bool(b),
+            Leaf::Date(d) => Value::from(d.into_timestamp_nanos()),
+            Leaf::IpAddr(ip) => Value::String(ip.to_string()),
+            Leaf::PreTokStr(p) => Value::String(p.text.clone()),
+            Leaf::Bytes(_) | Leaf::Custom(_) => Value::Null,
+        },
+        ReferenceValue::Array(items) => Value::Array(items.map(to_json).collect()),
+        ReferenceValue::Object(entries) => {
+            Value::Object(entries.map(|(k, v)| (k.to_string(), to_json(v))).collect())
+        }
     }
 }
 

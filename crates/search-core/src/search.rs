@@ -287,8 +287,7 @@ fn highlight(h: &Highlighter, doc: &TantivyDocument) -> BTreeMap<String, Highlig
         }
         Highlighter::Schemaless(generator, source) => {
             if let Some(v) = doc.get_first(*source) {
-                let value = serde_json::to_value(tantivy::schema::OwnedValue::from(v))
-                    .unwrap_or(Value::Null);
+                let value = crate::index::to_json(v);
                 let mut leaves = Vec::new();
                 string_leaves(&value, String::new(), &mut leaves);
                 for (path, text) in leaves {
