@@ -285,9 +285,15 @@ fn unreadable_files_are_warnings_and_the_rest_is_indexed() {
         fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
     }
     // Permission bits do not bind root, so run the indexer as `nobody` when we are root.
+    // The checkout may sit under a folder `nobody` cannot enter (e.g. /root), so the binary is
+    // copied somewhere it can.
+    let bin_dir = tempfile::tempdir().unwrap();
     let mut cmd = if euid() == 0 {
+        fs::set_permissions(bin_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = bin_dir.path().join("ironsift");
+        fs::copy(BIN, &bin).unwrap();
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
         c
     } else {
         Command::new(BIN)
