@@ -1,1 +1,127 @@
-fn main() {}
+//! `cargo xtask`: ironsift's project automation (checks before a push, benchmark reports).
+//!
+//! Run through the alias in `.cargo/config.toml` (`cargo xtask <command>`). Every sub-process is
+//! started with `$CARGO` (the cargo that launched us, so toolchain overrides carry through) and
+//! with the workspace root as its working directory, whatever folder the alias was run from.
+
+mod bench;
+mod corpus;
+mod json;
+mod report;
+mod verify;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Errors are plain messages: every failure here ends the command with a line for a human.
+pub(crate) type Result<T, E = String> = std::result::Result<T, E>;
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+Commands:
+  verify                    fmt --check, clippy -D warnings, tests, docs with -D warnings;
+                            stops at the first failure
+  bench [--quick] [--data DIR] [--check] [-- CRITERION_ARGS...]
+                            fetch/prepare the Linux 6.1 corpus in DIR, run `cargo bench --bench
+                            core`, write target/bench-report/report.{md,json}
+      --quick               Documentation/ only and 2,000 queries (a few minutes)
+      --data DIR            corpus folder (default: $IRONSIFT_BENCH_DATA or target/bench-data)
+      --check               exit with status 2 if any comparison misses its target
+  corpus [--data DIR]       only fetch/prepare the benchmark corpus
+  help                      this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("verify") if args.len() == 1 => verify::run(),
+        Some("verify") => Err(format!("verify takes no arguments\n\n{HELP}")),
+        Some("bench") => bench::run(&args[1..]),
+        Some("corpus") => bench::corpus_only(&args[1..]),
+        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+pub(crate) fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+}
+
+/// Cargo's target folder, honouring `CARGO_TARGET_DIR` like cargo itself.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => absolute(Path::new(&dir)),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// `path` made absolute against the current directory (the folder `cargo xtask` ran in).
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// A `cargo` command run from the workspace root, using the cargo that launched xtask.
+pub(crate) fn cargo<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args.into_iter().map(Into::into))
+        .current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command with inherited stdio; a non-zero exit or a failure to start is an error
+/// naming the command.
+pub(crate) fn run_status(cmd: &mut Command) -> Result<()> {
+    let shown = show(cmd);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status})"))
+    }
+}
+
+/// The command line as a human would type it (for messages).
+pub(crate) fn show(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Seconds with one decimal, or milliseconds for short steps.
+pub(crate) fn fmt_duration(d: std::time::Duration) -> String {
+    if d.as_secs_f64() < 1.0 {
+        format!("{} ms", d.as_millis())
+    } else if d.as_secs() < 120 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}

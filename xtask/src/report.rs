@@ -1,0 +1,383 @@
+//! Turns Criterion's results into the ironsift-vs-Tantivy report (`report.md`, `report.json`).
+//!
+//! Each comparison divides ironsift's throughput by plain Tantivy's from the same run, so the
+//! machine's speed cancels out; the target says how much overhead ironsift may add.
+//! Throughput is derived from Criterion's median time per iteration and the throughput the
+//! benchmark declared (bytes for indexing, queries for search), both read from its files.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::Result;
+use crate::json::{self, Json};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    MegabytesPerSec,
+    QueriesPerSec,
+}
+
+impl Unit {
+    fn label(self) -> &'static str {
+        match self {
+            Unit::MegabytesPerSec => "MB/s",
+            Unit::QueriesPerSec => "QPS",
+        }
+    }
+}
+
+struct Comparison {
+    group: &'static str,
+    plain: &'static str,
+    ironsift: &'static str,
+    unit: Unit,
+    /// Least acceptable ironsift/plain ratio; `None` for figures shown for information.
+    target: Option<f64>,
+}
+
+/// The contract with `benches/core.rs`: group and function names.
+const COMPARISONS: &[Comparison] = &[
+    Comparison {
+        group: "index_files",
+        plain: "plain_tantivy",
+        ironsift: "ironsift",
+        unit: Unit::MegabytesPerSec,
+        target: Some(0.90),
+    },
+    // Same fields as plain Tantivy, so the indexing target applies.
+    Comparison {
+        group: "index_json",
+        plain: "plain_tantivy",
+        ironsift: "ironsift_explicit",
+        unit: Unit::MegabytesPerSec,
+        target: Some(0.90),
+    },
+    // Indexes every string twice (`_all` and the `_source` JSON field) by design: shown, no target.
+    Comparison {
+        group: "index_json",
+        plain: "plain_tantivy",
+        ironsift: "ironsift_schemaless",
+        unit: Unit::MegabytesPerSec,
+        target: None,
+    },
+    Comparison {
+        group: "search",
+        plain: "plain_tantivy_top10",
+        ironsift: "ironsift_top10",
+        unit: Unit::QueriesPerSec,
+        target: Some(0.95),
+    },
+    Comparison {
+        group: "search",
+        plain: "plain_tantivy_top10_count",
+        ironsift: "ironsift_top10_count",
+        unit: Unit::QueriesPerSec,
+        target: Some(0.95),
+    },
+];
+
+/// One function's result.
+struct Measured {
+    median_ns: f64,
+    /// Bytes or queries per iteration, as declared to Criterion.
+    per_iteration: f64,
+}
+
+impl Measured {
+    fn rate(&self, unit: Unit) -> f64 {
+        let secs = self.median_ns / 1e9;
+        match unit {
+            Unit::MegabytesPerSec => self.per_iteration / 1e6 / secs,
+            Unit::QueriesPerSec => self.per_iteration / secs,
+        }
+    }
+}
+
+enum Verdict {
+    Pass,
+    Fail,
+    Info,
+    Missing(String),
+}
+
+struct Row {
+    cmp: &'static Comparison,
+    plain: Option<Measured>,
+    ironsift: Option<Measured>,
+    verdict: Verdict,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        let (p, i) = (self.plain.as_ref()?, self.ironsift.as_ref()?);
+        Some(i.rate(self.cmp.unit) / p.rate(self.cmp.unit))
+    }
+}
+
+/// The report of one `cargo xtask bench` run.
+pub(crate) struct Report {
+    mode: &'static str,
+    bench_time: Duration,
+    rows: Vec<Row>,
+    notes: Option<Json>,
+}
+
+/// Reads `<home>/<group>/<function>/new/{estimates,benchmark}.json`, if written after `since`.
+fn read_measured(home: &Path, group: &str, function: &str, since: SystemTime) -> Result<Measured> {
+    let dir = home.join(group).join(function).join("new");
+    let estimates = dir.join("estimates.json");
+    let modified = std::fs::metadata(&estimates)
+        .and_then(|m| m.modified())
+        .map_err(|_| format!("no {}", estimates.display()))?;
+    if modified < since {
+        return Err(format!("{group}/{function} did not run in this session"));
+    }
+    let load = |path: PathBuf| -> Result<Json> {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        json::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let est = load(estimates)?;
+    let median_ns = est
+        .get("median")
+        .and_then(|m| m.get("point_estimate"))
+        .and_then(Json::as_f64)
+        .filter(|ns| *ns > 0.0)
+        .ok_or_else(|| format!("{group}/{function}: no median in estimates.json"))?;
+    let bench = load(dir.join("benchmark.json"))?;
+    let per_iteration = match bench.get("throughput") {
+        Some(Json::Obj(members)) => members.first().and_then(|(_, v)| v.as_f64()),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{group}/{function}: no throughput in benchmark.json"))?;
+    Ok(Measured {
+        median_ns,
+        per_iteration,
+    })
+}
+
+/// Collects the results; anything missing or stale becomes a `Missing` row rather than an
+/// error, so a partial run still reports what it measured.
+pub(crate) fn build(
+    criterion_home: &Path,
+    notes: &Path,
+    since: SystemTime,
+    mode: &'static str,
+    bench_time: Duration,
+) -> Report {
+    let rows = COMPARISONS
+        .iter()
+        .map(|cmp| {
+            let plain = read_measured(criterion_home, cmp.group, cmp.plain, since);
+            let ironsift = read_measured(criterion_home, cmp.group, cmp.ironsift, since);
+            let problem = [&plain, &ironsift]
+                .into_iter()
+                .find_map(|r| r.as_ref().err().cloned());
+            let mut row = Row {
+                cmp,
+                plain: plain.ok(),
+                ironsift: ironsift.ok(),
+                verdict: Verdict::Info,
+            };
+            row.verdict = match (problem, row.ratio(), cmp.target) {
+                (Some(why), _, _) => Verdict::Missing(why),
+                (None, None, _) => Verdict::Missing("no ratio".into()),
+                (None, Some(_), None) => Verdict::Info,
+                (None, Some(r), Some(t)) if r >= t => Verdict::Pass,
+                (None, Some(_), Some(_)) => Verdict::Fail,
+            };
+            row
+        })
+        .collect();
+    let notes = std::fs::read_to_string(notes)
+        .ok()
+        .and_then(|t| json::parse(&t).ok());
+    Report {
+        mode,
+        bench_time,
+        rows,
+        notes,
+    }
+}
+
+fn fmt_rate(m: Option<&Measured>, unit: Unit) -> String {
+    match m {
+        None => "—".into(),
+        Some(m) => {
+            let v = m.rate(unit);
+            if v >= 1000.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        }
+    }
+}
+
+fn note_text(v: &Json) -> String {
+    match v {
+        Json::Str(s) => s.clone(),
+        other => {
+            let mut s = String::new();
+            other.write(&mut s);
+            s
+        }
+    }
+}
+
+impl Report {
+    /// True when every comparison with a target was measured and met it.
+    pub(crate) fn all_targets_met(&self) -> bool {
+        self.rows.iter().all(|r| match r.verdict {
+            Verdict::Pass | Verdict::Info => true,
+            Verdict::Fail => false,
+            Verdict::Missing(_) => r.cmp.target.is_none(),
+        })
+    }
+
+    fn note(&self, key: &str) -> Option<String> {
+        self.notes.as_ref()?.get(key).map(note_text)
+    }
+
+    /// The report as Markdown (also printed to stdout).
+    pub(crate) fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# ironsift vs plain Tantivy ({} run)\n", self.mode);
+        md.push_str(
+            "| comparison | unit | plain Tantivy | ironsift | ratio | target | result |\n\
+             |---|---|---:|---:|---:|---:|---|\n",
+        );
+        for r in &self.rows {
+            let unit = r.cmp.unit;
+            let ratio = r.ratio().map_or("—".into(), |x| format!("{x:.2}"));
+            let target = r.cmp.target.map_or("—".into(), |t| format!("≥ {t:.2}"));
+            let result = match &r.verdict {
+                Verdict::Pass => "PASS".to_string(),
+                Verdict::Fail => "FAIL".to_string(),
+                Verdict::Info => "info".to_string(),
+                Verdict::Missing(why) => format!("MISSING ({why})"),
+            };
+            let _ = writeln!(
+                md,
+                "| {}: {} vs {} | {} | {} | {} | {} | {} | {} |",
+                r.cmp.group,
+                r.cmp.ironsift,
+                r.cmp.plain,
+                unit.label(),
+                fmt_rate(r.plain.as_ref(), unit),
+                fmt_rate(r.ironsift.as_ref(), unit),
+                ratio,
+                target,
+                result
+            );
+        }
+        let verdict = if self.all_targets_met() {
+            "all targets met"
+        } else {
+            "some targets missed"
+        };
+        let _ = writeln!(
+            md,
+            "\nOverall: **{verdict}**. Figures are Criterion medians (10 samples); ratio = \
+             ironsift / plain Tantivy, same run, same machine. Benchmarks took {}.",
+            crate::fmt_duration(self.bench_time)
+        );
+        if let (Some(o), Some(s), Some(n)) = (
+            self.note("search.agreement_ordered_pct"),
+            self.note("search.agreement_set_pct"),
+            self.note("search.agreement_queries"),
+        ) {
+            let scores = self
+                .note("search.agreement_scores_pct")
+                .map_or(String::new(), |p| format!(", {p}% same top-10 scores"));
+            let _ = writeln!(
+                md,
+                "\nTop-10 agreement (ironsift `id` vs plain `_id`, first {n} queries): \
+                 {o}% identical order, {s}% same set{scores}."
+            );
+        }
+        if let Some(Json::Obj(members)) = &self.notes {
+            md.push_str("\n## Run notes\n\n");
+            for (k, v) in members {
+                let _ = writeln!(md, "- `{k}`: {}", note_text(v));
+            }
+        }
+        md
+    }
+
+    /// The report as JSON: one object per comparison plus the run notes.
+    pub(crate) fn json(&self) -> String {
+        let num = |x: Option<f64>| x.map_or(Json::Null, Json::Num);
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| {
+                let unit = r.cmp.unit;
+                let (verdict, why) = match &r.verdict {
+                    Verdict::Pass => ("pass", None),
+                    Verdict::Fail => ("fail", None),
+                    Verdict::Info => ("info", None),
+                    Verdict::Missing(w) => ("missing", Some(w.clone())),
+                };
+                Json::Obj(vec![
+                    ("group".into(), Json::Str(r.cmp.group.into())),
+                    ("ironsift".into(), Json::Str(r.cmp.ironsift.into())),
+                    ("plain".into(), Json::Str(r.cmp.plain.into())),
+                    ("unit".into(), Json::Str(unit.label().into())),
+                    (
+                        "plain_value".into(),
+                        num(r.plain.as_ref().map(|m| m.rate(unit))),
+                    ),
+                    (
+                        "ironsift_value".into(),
+                        num(r.ironsift.as_ref().map(|m| m.rate(unit))),
+                    ),
+                    ("ratio".into(), num(r.ratio())),
+                    ("target".into(), num(r.cmp.target)),
+                    ("result".into(), Json::Str(verdict.into())),
+                    ("missing_reason".into(), why.map_or(Json::Null, Json::Str)),
+                    (
+                        "plain_median_ns".into(),
+                        num(r.plain.as_ref().map(|m| m.median_ns)),
+                    ),
+                    (
+                        "ironsift_median_ns".into(),
+                        num(r.ironsift.as_ref().map(|m| m.median_ns)),
+                    ),
+                    (
+                        "per_iteration".into(),
+                        num(r.plain.as_ref().map(|m| m.per_iteration)),
+                    ),
+                ])
+            })
+            .collect();
+        let doc = Json::Obj(vec![
+            ("mode".into(), Json::Str(self.mode.into())),
+            (
+                "bench_seconds".into(),
+                Json::Num(self.bench_time.as_secs_f64()),
+            ),
+            ("all_targets_met".into(), Json::Bool(self.all_targets_met())),
+            ("comparisons".into(), Json::Arr(rows)),
+            (
+                "notes".into(),
+                self.notes.clone().unwrap_or(Json::Obj(Vec::new())),
+            ),
+        ]);
+        let mut out = String::new();
+        doc.write(&mut out);
+        out.push('\n');
+        out
+    }
+}
+
+/// Writes `report.md` and `report.json` into `dir`.
+pub(crate) fn write(rep: &Report, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let md = dir.join("report.md");
+    let js = dir.join("report.json");
+    std::fs::write(&md, rep.markdown())
+        .map_err(|e| format!("cannot write {}: {e}", md.display()))?;
+    std::fs::write(&js, rep.json()).map_err(|e| format!("cannot write {}: {e}", js.display()))?;
+    Ok((md, js))
+}

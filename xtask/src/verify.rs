@@ -1,0 +1,102 @@
+//! `cargo xtask verify`: the checks a change must pass, in the order that fails fastest.
+//!
+//! Formatting is checked first because it takes a second; docs last because they rebuild
+//! everything under rustdoc. The first failure stops the run: later steps would mostly repeat
+//! the same compile error.
+
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use crate::{Result, cargo, fmt_duration, show};
+
+struct Step {
+    name: &'static str,
+    cmd: Command,
+}
+
+fn steps() -> Vec<Step> {
+    let mut doc = cargo(["doc", "--workspace", "--no-deps"]);
+    // Keep flags the user already set (e.g. --cfg docsrs), and deny warnings on top.
+    let flags = match std::env::var("RUSTDOCFLAGS") {
+        Ok(existing) if !existing.trim().is_empty() => format!("{existing} -D warnings"),
+        _ => "-D warnings".to_string(),
+    };
+    doc.env("RUSTDOCFLAGS", flags);
+    vec![
+        Step {
+            name: "fmt",
+            cmd: cargo(["fmt", "--all", "--", "--check"]),
+        },
+        Step {
+            name: "clippy",
+            cmd: cargo([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+        Step {
+            name: "test",
+            cmd: cargo(["test", "--workspace"]),
+        },
+        Step {
+            name: "doc",
+            cmd: doc,
+        },
+    ]
+}
+
+enum Outcome {
+    Passed(Duration),
+    Failed(Duration, String),
+    Skipped,
+}
+
+pub(crate) fn run() -> Result<ExitCode> {
+    let mut steps = steps();
+    let total = steps.len();
+    let mut outcomes = Vec::with_capacity(total);
+    let started = Instant::now();
+    let mut failed = false;
+    for (i, step) in steps.iter_mut().enumerate() {
+        if failed {
+            outcomes.push(Outcome::Skipped);
+            continue;
+        }
+        println!("==> [{}/{total}] {}: {}", i + 1, step.name, show(&step.cmd));
+        let t = Instant::now();
+        let result = crate::run_status(&mut step.cmd);
+        let took = t.elapsed();
+        match result {
+            Ok(()) => {
+                println!("<== {} passed in {}", step.name, fmt_duration(took));
+                outcomes.push(Outcome::Passed(took));
+            }
+            Err(msg) => {
+                println!("<== {} FAILED in {}", step.name, fmt_duration(took));
+                outcomes.push(Outcome::Failed(took, msg));
+                failed = true;
+            }
+        }
+    }
+
+    println!("\nverify summary:");
+    for (step, outcome) in steps.iter().zip(&outcomes) {
+        let line = match outcome {
+            Outcome::Passed(d) => format!("passed   {:>9}", fmt_duration(*d)),
+            Outcome::Failed(d, msg) => format!("FAILED   {:>9}  {msg}", fmt_duration(*d)),
+            Outcome::Skipped => "skipped".to_string(),
+        };
+        println!("  {:<7} {line}", step.name);
+    }
+    let verdict = if failed { "FAILED" } else { "passed" };
+    println!("verify {verdict} in {}", fmt_duration(started.elapsed()));
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
