@@ -184,10 +184,8 @@ impl SearchIndex {
             };
             let sizes = ff.u64("size").map_err(err)?;
             let mtimes = ff.i64("mtime_ns").map_err(err)?;
-            let starts = ff.u64("line_start").map_err(err)?;
-            let mut docs = seg.doc_ids_alive().collect::<Vec<_>>();
-            docs.retain(|&d| starts.first(d) == Some(1));
-            for doc in docs {
+            // Every chunk of a file carries the same path, size and mtime; the map deduplicates.
+            for doc in seg.doc_ids_alive() {
                 if let Some(ord) = paths.term_ords(doc).next() {
                     buf.clear();
                     if paths

@@ -231,7 +231,7 @@ impl Layout {
 /// Builds the Tantivy schema for a layout, returning the resolved fields too.
 pub(crate) fn build_schema(kind: IndexKind, spec: Option<&SchemaSpec>) -> Result<(Schema, Layout)> {
     let mut b = Schema::builder();
-    let id = b.add_text_field(ID_FIELD, STRING | STORED | FAST);
+    let id = b.add_text_field(ID_FIELD, STRING | STORED);
     let layout = match (kind, spec) {
         (IndexKind::Files, Some(_)) => {
             return Err(invalid_schema("a files index has a fixed schema"));
@@ -244,11 +244,11 @@ pub(crate) fn build_schema(kind: IndexKind, spec: Option<&SchemaSpec>) -> Result
                 id,
                 path_key: b.add_text_field(PATH_KEY_FIELD, STRING | FAST),
                 path: b.add_text_field("path", text.clone()),
-                ext: b.add_text_field("ext", STRING | STORED | FAST),
+                ext: b.add_text_field("ext", STRING | STORED),
                 lang: b.add_text_field("lang", STRING | STORED),
                 size: b.add_u64_field("size", STORED | FAST),
                 mtime: b.add_i64_field("mtime_ns", STORED | FAST),
-                line_start: b.add_u64_field("line_start", STORED | FAST),
+                line_start: b.add_u64_field("line_start", STORED),
                 line_end: b.add_u64_field("line_end", STORED),
                 content: b.add_text_field("content", text),
             })

@@ -198,14 +198,22 @@ impl SearchIndex {
         req: &SearchRequest,
     ) -> Result<SearchResponse> {
         let err = |e| CoreError::tantivy(&self.name, "search", e);
-        let top = (req.limit > 0).then(|| {
+        // Each shape gets its own collector: Tantivy prunes non-competitive documents
+        // (block-WAND) only when the top-k collector runs alone, not inside a tuple.
+        let top_k = || {
             TopDocs::with_limit(req.limit)
                 .and_offset(req.offset)
                 .order_by_score()
-        });
-        let count = req.count.then_some(Count);
-        let (top, total) = searcher.search(query, &(top, count)).map_err(err)?;
-        let top = top.unwrap_or_default();
+        };
+        let (top, total) = match (req.limit > 0, req.count) {
+            (true, false) => (searcher.search(query, &top_k()).map_err(err)?, None),
+            (true, true) => {
+                let (top, n) = searcher.search(query, &(top_k(), Count)).map_err(err)?;
+                (top, Some(n))
+            }
+            (false, true) => (Vec::new(), Some(searcher.search(query, &Count).map_err(err)?)),
+            (false, false) => (Vec::new(), None),
+        };
         let highlighter = if req.highlight && !top.is_empty() {
             self.highlighter(searcher, query).map_err(err)?
         } else {
@@ -227,7 +235,7 @@ impl SearchIndex {
         }
         Ok(SearchResponse {
             hits,
-            total: total.map(|t| t as u64),
+            total: total.map(|t: usize| t as u64),
         })
     }
 
