@@ -110,6 +110,6 @@ mod tests {
             text.contains("ironsift_http_request_duration_seconds_bucket{"),
             "{text}"
         );
-        assert_eq!(a.render().len() > 0, true);
+        assert!(!a.render().is_empty());
     }
 }
