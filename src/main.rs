@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod serve;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,9 +32,9 @@ const EXIT_PARTIAL: u8 = 3;
         2 bad usage, 3 some input lines were rejected (the rest was kept)."
 )]
 struct Cli {
-    /// Data directory holding the indexes.
-    #[arg(long, global = true, env = "IRONSIFT_DATA", default_value = ironsift::DEFAULT_DATA_DIR)]
-    data: PathBuf,
+    /// Data directory holding the indexes [default: ./ironsift-data].
+    #[arg(long, global = true, env = "IRONSIFT_DATA")]
+    data: Option<PathBuf>,
     /// Index to work on [default: default].
     #[arg(long, short = 'i', global = true, env = "IRONSIFT_INDEX")]
     index: Option<String>,
@@ -45,6 +47,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve search over HTTP (indexing FOLDER first, when given). Settings come from flags,
+    /// then IRONSIFT_* environment variables, then the --config TOML file.
+    Serve(serve::ServeArgs),
     /// Index the text files of a folder; re-running only reads what changed.
     Index {
         /// Folder to index.
@@ -137,7 +142,7 @@ enum Kind {
     Files,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -171,14 +176,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn data_dir(cli: &Cli) -> PathBuf {
+    cli.data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(ironsift::DEFAULT_DATA_DIR))
+}
+
 fn engine(cli: &Cli) -> Result<Engine> {
     Ok(Engine::builder()
-        .data_dir(&cli.data)
+        .data_dir(data_dir(cli))
         .writer_heap_bytes(cli.heap_mb.max(15) << 20)
         .build()?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Serve(args) = &cli.command {
+        return serve::run(&cli, args);
+    }
     let engine = engine(&cli)?;
     let index_name = cli.index.as_deref().unwrap_or(ironsift::DEFAULT_INDEX);
     match &cli.command {
@@ -253,7 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
-                println!("no indexes in {}", cli.data.display());
+                println!("no indexes in {}", data_dir(&cli).display());
             } else {
                 println!(
                     "{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}",
@@ -292,10 +306,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!(
                 "created {} index {name:?} in {}",
                 kind.as_str(),
-                cli.data.display()
+                data_dir(&cli).display()
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(_) => unreachable!("handled above"),
         Command::DeleteIndex { name } => {
             engine.catalog().delete(name)?;
             println!("deleted index {name:?}");
@@ -319,7 +334,7 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn index_dir(
+pub(crate) fn index_dir(
     index: &SearchIndex,
     dir: &std::path::Path,
     opts: &IndexDirOptions,

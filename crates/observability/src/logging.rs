@@ -1,5 +1,6 @@
 //! Tracing setup: one line per event, human-readable or JSON, to stderr.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let _ = match format {
         LogFormat::Human => builder.try_init(),

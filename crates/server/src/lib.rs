@@ -1,7 +1,124 @@
 //! The ironsift HTTP service.
 //!
-//! This is the only crate that knows HTTP: the axum router (built by a function so tests can
-//! call it without a socket), the mapping from `ErrorCode` to HTTP status, authentication, body
-//! limits and graceful shutdown. Its content lands with issue #3; the crate is intentionally empty
-//! until then.
+//! This is the only crate that knows HTTP: the axum router ([`app`], callable without a socket),
+//! the one mapping from `ErrorCode` to HTTP status ([`status_of`]), request ids, authentication,
+//! body limits, panic isolation, and the serve loop with graceful shutdown ([`run`]).
+//!
+//! **Invariant:** index work never runs on the async threads: handlers hand it to the blocking
+//! pool, so `/livez` and `/readyz` stay fast while searches and writes run.
 #![warn(missing_docs, unreachable_pub)]
+
+mod context;
+mod error;
+mod middleware;
+mod openapi;
+mod routes;
+mod state;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use context::current_request_id;
+pub use error::{ApiError, status_of};
+pub use middleware::REQUEST_ID_HEADER;
+pub use openapi::spec as openapi_spec;
+pub use routes::app;
+pub use state::{AppState, ServerConfig};
+
+/// Counts shutdown requests (signals): the first starts a graceful shutdown, the second
+/// forces a fast one. Create with [`shutdown_channel`].
+pub type ShutdownSender = watch::Sender<u32>;
+
+/// A pair for requesting shutdown: `send_modify(|n| *n += 1)` per signal.
+pub fn shutdown_channel() -> (ShutdownSender, watch::Receiver<u32>) {
+    watch::channel(0)
+}
+
+async fn at_least(rx: &mut watch::Receiver<u32>, n: u32) {
+    // An error means every sender is gone: treat it as "no more signals will come".
+    if rx.wait_for(|v| *v >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves `state` on `listener` until shutdown is requested, then:
+/// `/readyz` turns 503 at once, the listener stops accepting, in-flight requests finish (up to
+/// `shutdown_timeout`, or until a second request forces it), and pending writes are committed.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<u32>,
+    shutdown_timeout: Duration,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = routes::app(state.clone());
+    let committer = tokio::spawn(commit_loop(state.clone(), shutdown.clone()));
+
+    let mut first = shutdown.clone();
+    let st = state.clone();
+    let graceful = async move {
+        at_least(&mut first, 1).await;
+        st.begin_shutdown();
+        tracing::info!("shutdown requested: no longer ready, draining in-flight requests");
+    };
+    // Nagle's algorithm would hold small responses back ~40 ms waiting for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let mut forced = shutdown.clone();
+    let force = async move {
+        at_least(&mut forced, 1).await;
+        tokio::select! {
+            _ = tokio::time::sleep(shutdown_timeout) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+            _ = at_least(&mut forced, 2) => tracing::warn!("second signal: closing remaining connections"),
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = force => {}
+    }
+    at_least(&mut shutdown, 1).await;
+    committer.abort();
+    let st = state.clone();
+    let failures = tokio::task::spawn_blocking(move || {
+        let failures = st.commit_all();
+        st.close();
+        failures
+    })
+    .await
+    .unwrap_or_default();
+    for (name, e) in &failures {
+        tracing::error!(index = %name, error = %e, "final commit failed");
+    }
+    if failures.is_empty() {
+        tracing::info!("pending writes committed; bye");
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "final commit failed for {} index(es)",
+            failures.len()
+        )))
+    }
+}
+
+/// Commits pending writes every `refresh_interval` until shutdown begins.
+async fn commit_loop(state: AppState, mut shutdown: watch::Receiver<u32>) {
+    let mut tick = tokio::time::interval(state.0.config.refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = at_least(&mut shutdown, 1) => return,
+        }
+        let st = state.clone();
+        let failures = tokio::task::spawn_blocking(move || st.commit_all())
+            .await
+            .unwrap_or_default();
+        for (name, e) in failures {
+            tracing::error!(index = %name, error = %e, "background commit failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The HTTP API: handlers and the router.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Json, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use search_core::{Hit, IndexKind, IngestReport, LineError, SchemaSpec, SearchRequest};
+use search_error::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::context;
+use crate::error::ApiError;
+use crate::middleware::{authenticate, request_context};
+use crate::state::{AppState, IndexEntry};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the router. Tests call it directly (`app(state).oneshot(request)`), the binary serves it.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.0.config.body_limit;
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/indexes", get(list_indexes).post(create_index))
+        .route("/v1/indexes/{name}", get(get_index).delete(delete_index))
+        .route("/v1/indexes/{name}/documents", post(add_documents))
+        .route(
+            "/v1/indexes/{name}/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
+        .route(
+            "/v1/indexes/{name}/search",
+            get(search_get).post(search_post),
+        )
+        .route("/v1/indexes/{name}/commit", post(commit))
+        .route("/v1/admin/errors", get(admin_errors))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut r = (status, bytes).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => ApiError::new(
+            ErrorCode::Internal,
+            format!("response encoding failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+fn rejection(status: StatusCode, text: String) -> ApiError {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidInput,
+    };
+    ApiError::new(code, text)
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        rejection(r.status(), r.body_text())
+    }
+}
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        rejection(r.status(), r.body_text())
+    }
+}
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        rejection(r.status(), r.body_text())
+    }
+}
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let text = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than the configured limit".to_string()
+        } else {
+            r.body_text()
+        };
+        rejection(status, text)
+    }
+}
+
+/// Runs synchronous index work off the async threads, in the request's span.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    let id = context::current_request_id();
+    match tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        f()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(request_id = ?id, "blocking task failed: {e}");
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "internal error: the operation panicked; the index is unaffected",
+            ))
+        }
+    }
+}
+
+async fn livez() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "alive"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.0.health.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut r = json(status, &report);
+    if !report.ready {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.refresh_index_gauges();
+    let mut r = state.0.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn openapi() -> Response {
+    json(StatusCode::OK, &crate::openapi::spec())
+}
+
+async fn admin_errors(State(state): State<AppState>) -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"errors": state.0.errors.snapshot()}),
+    )
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = ApiError::new(
+        ErrorCode::InvalidInput,
+        "method not allowed on this route; see /v1/openapi.json",
+    )
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    ApiError::new(
+        ErrorCode::Internal,
+        "internal error: the request handler panicked",
+    )
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct IndexInfo {
+    #[serde(flatten)]
+    stats: search_core::IndexStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<SchemaSpec>,
+}
+
+fn info(entry: &IndexEntry) -> Result<IndexInfo, ApiError> {
+    Ok(IndexInfo {
+        stats: entry.index.stats()?,
+        schema: entry.index.schema_spec().cloned(),
+    })
+}
+
+async fn list_indexes(State(state): State<AppState>) -> ApiResult {
+    let entries = state.entries();
+    let infos = blocking(move || {
+        entries
+            .iter()
+            .map(|(_, e)| info(e))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"indexes": infos})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateIndex {
+    name: String,
+    #[serde(default = "documents")]
+    kind: IndexKind,
+    #[serde(default)]
+    schema: Option<SchemaSpec>,
+}
+
+fn documents() -> IndexKind {
+    IndexKind::Documents
+}
+
+async fn create_index(
+    State(state): State<AppState>,
+    body: Result<Json<CreateIndex>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let entry = blocking(move || state.create_index(&req.name, req.kind, req.schema)).await?;
+    Ok(json(StatusCode::CREATED, &info(&entry)?))
+}
+
+async fn get_index(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let entry = state.entry(&name)?;
+    let info = blocking(move || info(&entry)).await?;
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn delete_index(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let n = name.clone();
+    blocking(move || state.delete_index(&n)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"deleted": true, "name": name}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WriteParams {
+    /// `wait_for` (or `true`): answer once the write is searchable.
+    refresh: Option<String>,
+}
+
+impl WriteParams {
+    fn wait(&self) -> Result<bool, ApiError> {
+        match self.refresh.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("wait_for") | Some("true") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("refresh must be wait_for, true or false, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Applies the write's visibility: commit now (`refresh=wait_for`) or let the committer do it.
+fn after_write(entry: &IndexEntry, wait: bool) -> Result<(), ApiError> {
+    entry.dirty.store(true, Ordering::SeqCst);
+    if wait {
+        entry.commit()?;
+    }
+    Ok(())
+}
+
+enum Body {
+    Array(Vec<Value>),
+    Lines,
+}
+
+fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match ct.as_deref() {
+        Some(
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/json-lines"
+            | "application/jsonlines",
+        ) => Ok(Body::Lines),
+        None | Some("application/json") => match first {
+            Some(b'[') => serde_json::from_slice::<Vec<Value>>(body)
+                .map(Body::Array)
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "malformed JSON at line {} column {}: {e}",
+                            e.line(),
+                            e.column()
+                        ),
+                    )
+                }),
+            Some(b'{') | None => Ok(Body::Lines),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "expected a JSON array of objects or JSON lines (one object per line)",
+            )),
+        },
+        Some(other) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type {other:?} is not accepted; use application/json (an array) or \
+                 application/x-ndjson (one object per line)"
+            ),
+        )),
+    }
+}
+
+async fn add_documents(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let Query(params) = params?;
+    let wait = params.wait()?;
+    let entry = state.entry(&name)?;
+    let body = body?;
+    let parsed = classify_body(&headers, &body)?;
+    let report = blocking(move || {
+        let report = match parsed {
+            Body::Lines => entry.index.ingest_ndjson(&body[..])?,
+            Body::Array(items) => {
+                let mut report = IngestReport::default();
+                for (i, item) in items.into_iter().enumerate() {
+                    match entry.index.upsert(item) {
+                        Ok(_) => report.indexed += 1,
+                        Err(e @ search_core::CoreError::InvalidDocument { .. }) => {
+                            report.failed += 1;
+                            report.errors.push(LineError {
+                                line: i as u64 + 1,
+                                reason: e.to_string(),
+                            });
+                        }
+                        Err(e) => {
+                            // Keep what was added before the failure pending for commit.
+                            entry.dirty.store(true, Ordering::SeqCst);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                report
+            }
+        };
+        if report.indexed > 0 {
+            after_write(&entry, wait)?;
+        }
+        Ok(report)
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &report))
+}
+
+async fn get_document(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let Path((name, id)) = path?;
+    let entry = state.entry(&name)?;
+    let doc = blocking(move || {
+        entry.index.get(&id)?.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("document {id:?} not found in index {name:?}"),
+            )
+        })
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &doc))
+}
+
+async fn delete_document(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+) -> ApiResult {
+    let Path((name, id)) = path?;
+    let Query(params) = params?;
+    let wait = params.wait()?;
+    let entry = state.entry(&name)?;
+    let id2 = id.clone();
+    let existed = blocking(move || {
+        let existed = entry.index.delete(&id2)?;
+        after_write(&entry, wait)?;
+        Ok(existed)
+    })
+    .await?;
+    if !existed {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("document {id:?} not found in index {name:?}"),
+        ));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"deleted": true, "id": id}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    q: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    highlight: Option<bool>,
+    count: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct SearchBody<'a> {
+    hits: &'a [Hit],
+    total: Option<u64>,
+    took_ms: f64,
+    timed_out: bool,
+    degraded: bool,
+}
+
+async fn run_search(state: AppState, name: String, req: SearchRequest) -> ApiResult {
+    let started = Instant::now();
+    let entry = state.entry(&name)?;
+    let resp = blocking(move || Ok(entry.index.search(&req)?)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &SearchBody {
+            hits: &resp.hits,
+            total: resp.total,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+            timed_out: false,
+            degraded: false,
+        },
+    ))
+}
+
+async fn search_get(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let Query(p) = params?;
+    let mut req = SearchRequest::new(p.q.unwrap_or_default());
+    if let Some(l) = p.limit {
+        req.limit = l;
+    }
+    req.offset = p.offset.unwrap_or(0);
+    req.highlight = p.highlight.unwrap_or(false);
+    req.count = p.count.unwrap_or(true);
+    run_search(state, name, req).await
+}
+
+async fn search_post(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let Json(req) = body?;
+    run_search(state, name, req).await
+}
+
+async fn commit(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let entry = state.entry(&name)?;
+    let docs = blocking(move || {
+        entry.dirty.store(false, Ordering::SeqCst);
+        entry.commit()?;
+        Ok(entry.index.stats()?.docs)
+    })
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"committed": true, "docs": docs}),
+    ))
+}

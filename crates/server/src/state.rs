@@ -1,0 +1,368 @@
+//! Shared service state: the open indexes, health, metrics, error reports, configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use observability::errors::ErrorReporter;
+use observability::health::{Health, Outcome};
+use observability::metrics::Metrics;
+use search_core::{Catalog, CoreError, IndexKind, SchemaSpec, SearchIndex};
+use search_error::ErrorCode;
+
+use crate::error::ApiError;
+
+/// Settings of the HTTP service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted (default 16 MiB).
+    pub body_limit: usize,
+    /// Keys allowed everything. When this and `search_keys` are empty, no key is required.
+    pub admin_keys: Vec<String>,
+    /// Keys allowed to search and read documents.
+    pub search_keys: Vec<String>,
+    /// Require a key for `/metrics` too.
+    pub protect_metrics: bool,
+    /// How often pending writes are committed (made searchable and durable).
+    pub refresh_interval: Duration,
+    /// Disk usage above which the service is unready (fraction, default 0.95).
+    pub disk_critical: f64,
+    /// Memory usage above which the service is unready (fraction of RAM, default 0.95).
+    pub memory_critical: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_limit: 16 << 20,
+            admin_keys: Vec::new(),
+            search_keys: Vec::new(),
+            protect_metrics: false,
+            refresh_interval: Duration::from_secs(1),
+            disk_critical: 0.95,
+            memory_critical: 0.95,
+        }
+    }
+}
+
+/// One open index and its write bookkeeping.
+pub(crate) struct IndexEntry {
+    pub(crate) index: Arc<SearchIndex>,
+    /// Writes since the last commit.
+    pub(crate) dirty: AtomicBool,
+    /// The last commit failure, cleared by the next success.
+    pub(crate) writer_error: Mutex<Option<String>>,
+}
+
+impl IndexEntry {
+    fn new(index: SearchIndex) -> Arc<IndexEntry> {
+        Arc::new(IndexEntry {
+            index: Arc::new(index),
+            dirty: AtomicBool::new(false),
+            writer_error: Mutex::new(None),
+        })
+    }
+
+    /// Commits if anything was written since the last commit; records failures for `/readyz`.
+    pub(crate) fn commit_if_dirty(&self) -> Result<(), CoreError> {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.commit()
+    }
+
+    pub(crate) fn commit(&self) -> Result<(), CoreError> {
+        let result = self.index.commit().map(|_| ());
+        let mut err = self.writer_error.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(()) => *err = None,
+            Err(e) => {
+                // Keep the writes pending so the next tick retries them.
+                self.dirty.store(true, Ordering::SeqCst);
+                *err = Some(e.to_string());
+            }
+        }
+        result
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) catalog: Catalog,
+    pub(crate) config: ServerConfig,
+    pub(crate) indexes: RwLock<BTreeMap<String, Arc<IndexEntry>>>,
+    /// Indexes present on disk that failed to open, with the reason.
+    pub(crate) broken: RwLock<BTreeMap<String, String>>,
+    pub(crate) health: Health,
+    pub(crate) errors: ErrorReporter,
+    pub(crate) metrics: Metrics,
+}
+
+/// Cheap-to-clone handle on the service state.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("data", &self.0.catalog.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Opens every index in the catalog. An index that fails to open does not stop the service:
+    /// it is listed by `/readyz` (which then answers 503) and requests to it get the error.
+    pub fn open(catalog: Catalog, config: ServerConfig) -> Result<AppState, String> {
+        let metrics = Metrics::install(env!("CARGO_PKG_VERSION"))?;
+        let mut indexes = BTreeMap::new();
+        let mut broken = BTreeMap::new();
+        for name in catalog.list().map_err(|e| e.to_string())? {
+            match catalog.open_index(&name) {
+                Ok(idx) => {
+                    indexes.insert(name, IndexEntry::new(idx));
+                }
+                Err(e) => {
+                    tracing::error!(index = %name, error = %e, "index failed to open");
+                    broken.insert(name, e.to_string());
+                }
+            }
+        }
+        let state = AppState(Arc::new(Inner {
+            catalog,
+            config,
+            indexes: RwLock::new(indexes),
+            broken: RwLock::new(broken),
+            health: Health::new(),
+            errors: ErrorReporter::new(),
+            metrics,
+        }));
+        state.register_checks();
+        Ok(state)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.0.catalog.root().to_path_buf()
+    }
+
+    /// Marks the service as shutting down: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.0.health.set_shutting_down();
+    }
+
+    /// Commits every index with pending writes; returns the failures.
+    pub fn commit_all(&self) -> Vec<(String, CoreError)> {
+        let mut failures = Vec::new();
+        for (name, entry) in self.entries() {
+            if let Err(e) = entry.commit_if_dirty() {
+                failures.push((name, e));
+            }
+        }
+        failures
+    }
+
+    /// Releases every writer (after [`AppState::commit_all`]).
+    pub fn close(&self) {
+        for (_, entry) in self.entries() {
+            entry.index.close_writer();
+        }
+    }
+
+    pub(crate) fn entries(&self) -> Vec<(String, Arc<IndexEntry>)> {
+        let map = self.0.indexes.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub(crate) fn entry(&self, name: &str) -> Result<Arc<IndexEntry>, ApiError> {
+        if let Some(e) = self
+            .0
+            .indexes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(e.clone());
+        }
+        if let Some(reason) = self
+            .0
+            .broken
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("index {name:?} could not be opened: {reason}"),
+            ));
+        }
+        search_core::validate_index_name(name)?;
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("index {name:?} not found"),
+        ))
+    }
+
+    pub(crate) fn create_index(
+        &self,
+        name: &str,
+        kind: IndexKind,
+        schema: Option<SchemaSpec>,
+    ) -> Result<Arc<IndexEntry>, ApiError> {
+        let mut map = self.0.indexes.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(name) {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("index {name:?} already exists"),
+            ));
+        }
+        let idx = self.0.catalog.create(name, kind, schema)?;
+        let entry = IndexEntry::new(idx);
+        map.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    pub(crate) fn delete_index(&self, name: &str) -> Result<(), ApiError> {
+        let removed = self
+            .0
+            .indexes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let was_broken = self
+            .0
+            .broken
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some();
+        match removed {
+            Some(entry) => entry.index.close_writer(),
+            None if was_broken => {}
+            None => {
+                search_core::validate_index_name(name)?;
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("index {name:?} not found"),
+                ));
+            }
+        }
+        self.0.catalog.delete(name)?;
+        Ok(())
+    }
+
+    /// Updates the per-index gauges (called by the metrics endpoint).
+    pub(crate) fn refresh_index_gauges(&self) {
+        use observability::metrics::{INDEX_BYTES, INDEX_DOCS, INDEX_SEGMENTS};
+        for (name, entry) in self.entries() {
+            if let Ok(s) = entry.index.stats() {
+                metrics::gauge!(INDEX_DOCS, "index" => name.clone()).set(s.docs as f64);
+                metrics::gauge!(INDEX_SEGMENTS, "index" => name.clone()).set(s.segments as f64);
+                metrics::gauge!(INDEX_BYTES, "index" => name).set(s.bytes_on_disk as f64);
+            }
+        }
+    }
+
+    fn register_checks(&self) {
+        let weak = Arc::downgrade(&self.0);
+        self.0.health.register(Arc::new(("indexes", move || {
+            let Some(inner) = weak.upgrade() else {
+                return Outcome::fail("service stopped");
+            };
+            let broken = inner.broken.read().unwrap_or_else(|p| p.into_inner());
+            if !broken.is_empty() {
+                let names: Vec<String> = broken
+                    .iter()
+                    .map(|(n, why)| format!("{n}: {why}"))
+                    .collect();
+                return Outcome::fail(format!("failed to open: {}", names.join("; ")));
+            }
+            let map = inner.indexes.read().unwrap_or_else(|p| p.into_inner());
+            // The index folder and Tantivy's meta.json must stay readable: a cheap probe that
+            // catches a folder removed, unmounted or made unreadable under the running service.
+            let mut unreadable = Vec::new();
+            for (name, e) in map.iter() {
+                let meta = e.index.dir().join("index").join("meta.json");
+                if let Err(err) = std::fs::File::open(&meta) {
+                    unreadable.push(format!("{name}: {}: {err}", meta.display()));
+                }
+            }
+            if unreadable.is_empty() {
+                Outcome::pass(format!("{} open", map.len()))
+            } else {
+                Outcome::fail(format!("unreadable: {}", unreadable.join("; ")))
+            }
+        })));
+        let weak = Arc::downgrade(&self.0);
+        self.0.health.register(Arc::new(("writers", move || {
+            let Some(inner) = weak.upgrade() else {
+                return Outcome::fail("service stopped");
+            };
+            let map = inner.indexes.read().unwrap_or_else(|p| p.into_inner());
+            let failing: Vec<String> = map
+                .iter()
+                .filter_map(|(n, e)| {
+                    let err = e.writer_error.lock().unwrap_or_else(|p| p.into_inner());
+                    err.as_ref().map(|m| format!("{n}: {m}"))
+                })
+                .collect();
+            if failing.is_empty() {
+                Outcome::pass("healthy")
+            } else {
+                Outcome::fail(format!("commit failing: {}", failing.join("; ")))
+            }
+        })));
+        let root = self.data_dir();
+        let critical = self.0.config.disk_critical;
+        self.0
+            .health
+            .register(Arc::new(("disk", move || match fs4::statvfs(&root) {
+                Ok(s) if s.total_space() > 0 => {
+                    let used = 1.0 - s.available_space() as f64 / s.total_space() as f64;
+                    let detail = format!(
+                        "{:.1}% used, {} MiB available",
+                        used * 100.0,
+                        s.available_space() >> 20
+                    );
+                    if used >= critical {
+                        Outcome::fail(detail)
+                    } else if used >= critical - 0.10 {
+                        Outcome::warn(detail)
+                    } else {
+                        Outcome::pass(detail)
+                    }
+                }
+                Ok(_) => Outcome::warn("file system reports no size"),
+                Err(e) => Outcome::fail(format!("{}: {e}", root.display())),
+            })));
+        let critical = self.0.config.memory_critical;
+        self.0
+            .health
+            .register(Arc::new(("memory", move || match memory_used_fraction() {
+                Some(used) => {
+                    let detail = format!("{:.1}% of RAM used", used * 100.0);
+                    if used >= critical {
+                        Outcome::fail(detail)
+                    } else if used >= critical - 0.10 {
+                        Outcome::warn(detail)
+                    } else {
+                        Outcome::pass(detail)
+                    }
+                }
+                None => Outcome::warn("/proc/meminfo unavailable"),
+            })));
+    }
+}
+
+/// Fraction of system memory in use, from `/proc/meminfo` (MemAvailable / MemTotal).
+fn memory_used_fraction() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:")?;
+    (total > 0.0).then(|| 1.0 - available / total)
+}

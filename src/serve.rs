@@ -1,0 +1,274 @@
+//! `ironsift serve`: configuration (flags > IRONSIFT_* env > TOML file > defaults), optional
+//! folder indexing, then the HTTP service until SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ironsift::{Catalog, IndexConfig, IndexDirOptions, IndexKind};
+use observability::logging::LogFormat;
+use serde::Deserialize;
+use server::{AppState, ServerConfig};
+
+use crate::{Cli, parse_size};
+
+/// Default listen address.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Folder to index into --index before serving (incremental; progress bar on a terminal).
+    folder: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7600; port 0 picks a free one].
+    #[arg(long, env = "IRONSIFT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file (keys as the long flags, with '_' for '-').
+    #[arg(long, env = "IRONSIFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: human or json.
+    #[arg(long, env = "IRONSIFT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log level/filter (RUST_LOG wins when set) [default: info].
+    #[arg(long, env = "IRONSIFT_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Admin API key (writes, index management, admin routes). Repeat or comma-separate.
+    #[arg(
+        long = "admin-key",
+        env = "IRONSIFT_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_keys: Vec<String>,
+    /// Search API key (search and document reads). Repeat or comma-separate.
+    #[arg(
+        long = "search-key",
+        env = "IRONSIFT_SEARCH_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    search_keys: Vec<String>,
+    /// Require an admin key for /metrics too.
+    #[arg(long, env = "IRONSIFT_PROTECT_METRICS", num_args = 0..=1, default_missing_value = "true")]
+    protect_metrics: Option<bool>,
+    /// How long in-flight requests may run after SIGTERM [default: 30s].
+    #[arg(long, env = "IRONSIFT_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Largest request body [default: 16MiB].
+    #[arg(long, env = "IRONSIFT_BODY_LIMIT", value_parser = parse_size)]
+    body_limit: Option<u64>,
+    /// How often pending writes are committed [default: 1s].
+    #[arg(long, env = "IRONSIFT_REFRESH_INTERVAL", value_parser = parse_duration)]
+    refresh_interval: Option<Duration>,
+}
+
+/// The TOML file: every key optional, unknown keys rejected (typos must not pass silently).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    index: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    admin_keys: Option<Vec<String>>,
+    search_keys: Option<Vec<String>>,
+    protect_metrics: Option<bool>,
+    shutdown_timeout: Option<String>,
+    body_limit: Option<String>,
+    refresh_interval: Option<String>,
+    heap_mb: Option<usize>,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn load_file(path: Option<&Path>) -> Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+}
+
+pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
+    let file = load_file(args.config.as_deref())?;
+    let from_file = |what: &str, v: &Option<String>, parse: fn(&str) -> Result<u64, String>| {
+        v.as_deref()
+            .map(parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("config file: {what}: {e}"))
+    };
+    let log_format = match (args.log_format, &file.log_format) {
+        (Some(f), _) => f,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("config file: log_format: {e}"))?,
+        (None, None) => LogFormat::Human,
+    };
+    let log_level = args.log_level.clone().or(file.log_level.clone());
+    observability::logging::init(log_format, log_level.as_deref()).map_err(anyhow::Error::msg)?;
+
+    let data = cli
+        .data
+        .clone()
+        .or(file.data.clone())
+        .unwrap_or_else(|| PathBuf::from(ironsift::DEFAULT_DATA_DIR));
+    let index_name = cli
+        .index
+        .clone()
+        .or(file.index.clone())
+        .unwrap_or_else(|| ironsift::DEFAULT_INDEX.to_string());
+    let listen = match (args.listen, file.listen) {
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => DEFAULT_LISTEN.parse().expect("valid default address"),
+    };
+    fn parse_ms(s: &str) -> Result<u64, String> {
+        parse_duration(s).map(|d| d.as_millis() as u64)
+    }
+    let shutdown_timeout = match args.shutdown_timeout {
+        Some(d) => d,
+        None => Duration::from_millis(
+            from_file("shutdown_timeout", &file.shutdown_timeout, parse_ms)?.unwrap_or(30_000),
+        ),
+    };
+    let refresh_interval = match args.refresh_interval {
+        Some(d) => d,
+        None => Duration::from_millis(
+            from_file("refresh_interval", &file.refresh_interval, parse_ms)?.unwrap_or(1_000),
+        ),
+    }
+    .max(Duration::from_millis(10));
+    let body_limit = match args.body_limit {
+        Some(b) => b,
+        None => from_file("body_limit", &file.body_limit, parse_size)?.unwrap_or(16 << 20),
+    };
+    let admin_keys = if args.admin_keys.is_empty() {
+        file.admin_keys.clone().unwrap_or_default()
+    } else {
+        args.admin_keys.clone()
+    };
+    let search_keys = if args.search_keys.is_empty() {
+        file.search_keys.clone().unwrap_or_default()
+    } else {
+        args.search_keys.clone()
+    };
+    let heap_mb = if cli.heap_mb != 256 {
+        cli.heap_mb
+    } else {
+        file.heap_mb.unwrap_or(256)
+    };
+    let config = ServerConfig {
+        body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+        admin_keys: admin_keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        search_keys: search_keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        protect_metrics: args
+            .protect_metrics
+            .or(file.protect_metrics)
+            .unwrap_or(false),
+        refresh_interval,
+        ..ServerConfig::default()
+    };
+    if config.admin_keys.is_empty() && config.search_keys.is_empty() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening beyond loopback without API keys: anyone who can reach it can write and delete");
+    }
+
+    let catalog = Catalog::with_config(
+        &data,
+        IndexConfig {
+            writer_heap_bytes: heap_mb.max(15) << 20,
+            ..IndexConfig::default()
+        },
+    )?;
+    if let Some(folder) = &args.folder {
+        let index = catalog.open_or_create(&index_name, IndexKind::Files)?;
+        crate::index_dir(&index, folder, &IndexDirOptions::default(), false, false)?;
+        // Release the writer lock: the service opens its own handle.
+        index.close_writer();
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ironsift")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let state = AppState::open(catalog, config).map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data = %data.display(), "listening");
+        // Scripts and the test harness read the bound address (port 0 picks one) from stdout.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ironsift: listening on http://{addr}")?;
+        out.flush()?;
+        drop(out);
+
+        let (tx, rx) = server::shutdown_channel();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                tracing::info!(signal = name, "signal received");
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        server::run(listener, state, rx, shutdown_timeout).await?;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}
