@@ -293,7 +293,8 @@ fn unreadable_files_are_warnings_and_the_rest_is_indexed() {
         let bin = bin_dir.path().join("ironsift");
         fs::copy(BIN, &bin).unwrap();
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin);
         c
     } else {
         Command::new(BIN)

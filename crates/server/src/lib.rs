@@ -24,7 +24,7 @@ pub use context::current_request_id;
 pub use error::{ApiError, status_of};
 pub use middleware::REQUEST_ID_HEADER;
 pub use openapi::spec as openapi_spec;
-pub use routes::app;
+pub use routes::{app, app_with};
 pub use state::{AppState, ServerConfig};
 
 /// Counts shutdown requests (signals): the first starts a graceful shutdown, the second

@@ -24,8 +24,14 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Builds the router. Tests call it directly (`app(state).oneshot(request)`), the binary serves it.
 pub fn app(state: AppState) -> Router {
+    app_with(Router::new(), state)
+}
+
+/// [`app`] plus `extra` routes behind the same layers (auth, request context, panic isolation).
+/// For embedders adding routes, and for tests that need a misbehaving handler.
+pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
     let body_limit = state.0.config.body_limit;
-    Router::new()
+    extra
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

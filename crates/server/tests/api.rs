@@ -1,0 +1,699 @@
+//! The HTTP API end to end: through the router without a socket, and over real HTTP on port 0.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use search_core::Catalog;
+use serde_json::{Value, json};
+use server::{AppState, ServerConfig, app, app_with};
+use tower::ServiceExt;
+
+struct Api {
+    _dir: tempfile::TempDir,
+    state: AppState,
+    router: Router,
+}
+
+fn api(config: ServerConfig) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState::open(Catalog::open(dir.path()).unwrap(), config).unwrap();
+    let router = app_with(
+        Router::new().route(
+            "/v1/test/panic",
+            axum::routing::get(|| async {
+                panic!("deliberate test panic");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        ),
+        state.clone(),
+    );
+    Api {
+        _dir: dir,
+        state,
+        router,
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Api {
+    async fn call(&self, req: Request<Body>) -> Resp {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        ct: Option<&str>,
+        body: impl Into<Body>,
+        key: Option<&str>,
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        if let Some(k) = key {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        self.call(b.body(body.into()).unwrap()).await
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.send("GET", uri, None, Body::empty(), None).await
+    }
+
+    async fn post_json(&self, uri: &str, body: Value) -> Resp {
+        self.send(
+            "POST",
+            uri,
+            Some("application/json"),
+            body.to_string(),
+            None,
+        )
+        .await
+    }
+}
+
+fn assert_error(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], code, "{}", r.text);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.body["error"]["request_id"].as_str().is_some(),
+        "{}",
+        r.text
+    );
+    assert!(r.body["error"]["retryable"].is_boolean(), "{}", r.text);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+}
+
+#[tokio::test]
+async fn index_documents_search_get_delete() {
+    let a = api(ServerConfig::default());
+    let r = a.post_json("/v1/indexes", json!({"name": "docs"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["kind"], "documents");
+    assert_error(
+        &a.post_json("/v1/indexes", json!({"name": "docs"})).await,
+        409,
+        "already_exists",
+    );
+
+    // JSON array, with one bad element.
+    let r = a
+        .post_json(
+            "/v1/indexes/docs/documents?refresh=wait_for",
+            json!([{"id": "1", "title": "rust search engine"}, 42, {"id": "2", "title": "tantivy index"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["indexed"], 2);
+    assert_eq!(r.body["failed"], 1);
+    assert_eq!(r.body["errors"][0]["line"], 2);
+
+    // NDJSON with a malformed line: good lines kept.
+    let nd = "{\"id\":\"3\",\"title\":\"search latency\"}\n{oops\n{\"id\":\"1\",\"title\":\"rust search replaced\"}\n";
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes/docs/documents?refresh=wait_for",
+            Some("application/x-ndjson"),
+            nd,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.body["indexed"].as_u64(), r.body["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["errors"][0]["line"], 2);
+    assert!(
+        r.body["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
+
+    let r = a
+        .get("/v1/indexes/docs/search?q=search&highlight=true")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total"], 2);
+    assert_eq!(r.body["timed_out"], false);
+    assert_eq!(r.body["degraded"], false);
+    assert!(r.body["took_ms"].as_f64().is_some());
+    let hit = &r.body["hits"][0];
+    assert!(hit["doc"]["title"].as_str().unwrap().contains("search"));
+    assert!(
+        hit["highlights"]["title"]["fragment"].is_string(),
+        "{}",
+        r.text
+    );
+
+    let r = a
+        .post_json(
+            "/v1/indexes/docs/search",
+            json!({"query": "title:tantivy", "limit": 5}),
+        )
+        .await;
+    assert_eq!(r.body["hits"][0]["id"], "2", "{}", r.text);
+
+    let r = a.get("/v1/indexes/docs/documents/1").await;
+    assert_eq!(r.body["title"], "rust search replaced");
+    let r = a
+        .send(
+            "DELETE",
+            "/v1/indexes/docs/documents/1?refresh=wait_for",
+            None,
+            Body::empty(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_error(
+        &a.get("/v1/indexes/docs/documents/1").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &a.send(
+            "DELETE",
+            "/v1/indexes/docs/documents/1",
+            None,
+            Body::empty(),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+
+    // Writes without refresh become visible after an explicit commit.
+    a.post_json(
+        "/v1/indexes/docs/documents",
+        json!([{"id": "9", "title": "pending"}]),
+    )
+    .await;
+    assert_eq!(
+        a.get("/v1/indexes/docs/search?q=pending").await.body["total"],
+        0
+    );
+    let r = a
+        .send("POST", "/v1/indexes/docs/commit", None, Body::empty(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        a.get("/v1/indexes/docs/search?q=pending").await.body["total"],
+        1
+    );
+
+    let r = a.get("/v1/indexes").await;
+    assert_eq!(r.body["indexes"][0]["name"], "docs");
+    assert_eq!(r.body["indexes"][0]["docs"], 3);
+    let r = a
+        .send("DELETE", "/v1/indexes/docs", None, Body::empty(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_error(&a.get("/v1/indexes/docs").await, 404, "not_found");
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_never_a_5xx() {
+    let a = api(ServerConfig {
+        body_limit: 64 * 1024,
+        ..ServerConfig::default()
+    });
+    a.post_json("/v1/indexes", json!({"name": "docs"})).await;
+    let big = format!("[{{\"id\":\"1\",\"t\":\"{}\"}}]", "x".repeat(100 * 1024));
+    assert_error(
+        &a.send(
+            "POST",
+            "/v1/indexes/docs/documents",
+            Some("application/json"),
+            big,
+            None,
+        )
+        .await,
+        413,
+        "payload_too_large",
+    );
+    assert_error(
+        &a.get("/v1/indexes/docs/search?q=%22open").await,
+        400,
+        "invalid_input",
+    );
+    let long: String = (0..5000).map(|i| format!("t{i}%20")).collect();
+    assert_error(
+        &a.get(&format!("/v1/indexes/docs/search?q={long}")).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.get("/v1/indexes/docs/search?q=x&limit=1001").await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.get("/v1/indexes/docs/search?q=x&limit=abc").await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.get("/v1/indexes/docs/search?q=x&bogus=1").await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.get("/v1/indexes/nope/search?q=x").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &a.get("/v1/indexes/..%2Fetc/search?q=x").await,
+        400,
+        "invalid_input",
+    );
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes/docs/documents",
+            Some("application/json"),
+            "[{\"id\":1},\n {\"id\":",
+            None,
+        )
+        .await;
+    assert_error(&r, 400, "invalid_input");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 column"),
+        "{}",
+        r.text
+    );
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes/docs/search",
+            Some("application/json"),
+            "{\"query\": 5}",
+            None,
+        )
+        .await;
+    assert_error(&r, 400, "invalid_input");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1 column"),
+        "{}",
+        r.text
+    );
+    assert_error(
+        &a.send(
+            "POST",
+            "/v1/indexes/docs/documents",
+            Some("text/csv"),
+            "a,b",
+            None,
+        )
+        .await,
+        415,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &a.send(
+            "POST",
+            "/v1/indexes/docs/search",
+            Some("text/plain"),
+            "{}",
+            None,
+        )
+        .await,
+        415,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &a.post_json("/v1/indexes", json!({"name": "bad name"}))
+            .await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.post_json(
+            "/v1/indexes",
+            json!({"name": "x", "schema": {"fields": []}}),
+        )
+        .await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.post_json("/v1/indexes", json!({"nam": "x"})).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(&a.get("/v1/no/such/route").await, 404, "not_found");
+    let r = a
+        .send("PUT", "/v1/indexes", None, Body::empty(), None)
+        .await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    assert_error(
+        &a.get("/v1/indexes/docs/documents/1?refresh=maybe").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &a.send(
+            "DELETE",
+            "/v1/indexes/docs/documents/1?refresh=maybe",
+            None,
+            Body::empty(),
+            None,
+        )
+        .await,
+        400,
+        "invalid_input",
+    );
+    // None of the above was reported as a server error.
+    let errors = a.get("/v1/admin/errors").await;
+    for e in errors.body["errors"].as_array().unwrap() {
+        assert_ne!(e["severity"], "high", "{e}");
+        assert_ne!(e["severity"], "critical", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_becomes_a_500_with_the_request_id() {
+    let a = api(ServerConfig::default());
+    let req = Request::get("/v1/test/panic")
+        .header("x-request-id", "boom-1")
+        .body(Body::empty())
+        .unwrap();
+    let r = a.call(req).await;
+    assert_error(&r, 500, "internal");
+    assert_eq!(r.body["error"]["request_id"], "boom-1");
+    assert_eq!(r.headers["x-request-id"], "boom-1");
+    // The service keeps serving.
+    assert_eq!(a.get("/livez").await.status, 200);
+    let errors = a.get("/v1/admin/errors").await;
+    assert!(errors.text.contains("internal"), "{}", errors.text);
+}
+
+#[tokio::test]
+async fn request_ids_are_honoured_only_when_safe() {
+    let a = api(ServerConfig::default());
+    let r = a
+        .call(
+            Request::get("/v1/indexes/x")
+                .header("x-request-id", "abc.DEF-1_2")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.headers["x-request-id"], "abc.DEF-1_2");
+    assert_eq!(r.body["error"]["request_id"], "abc.DEF-1_2");
+    for bad in ["has space", "<script>", &"a".repeat(65)] {
+        let r = a
+            .call(
+                Request::get("/livez")
+                    .header("x-request-id", bad)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        let got = r.headers["x-request-id"].to_str().unwrap();
+        assert_ne!(got, bad);
+        assert_eq!(got.len(), 32);
+    }
+    let r = a.get("/livez").await;
+    assert_eq!(r.headers["x-request-id"].len(), 32);
+}
+
+#[tokio::test]
+async fn auth_matrix() {
+    let a = api(ServerConfig {
+        admin_keys: vec!["admin-secret".into()],
+        search_keys: vec!["search-1".into(), "search-2".into()],
+        ..ServerConfig::default()
+    });
+    let admin = Some("admin-secret");
+    let search = Some("search-2");
+    let wrong = Some("nope");
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes",
+            Some("application/json"),
+            "{\"name\":\"d\"}",
+            admin,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // (method, uri, content type, body, key, expected status)
+    let cases: Vec<(&str, &str, Option<&str>, &str, Option<&str>, u16)> = vec![
+        ("GET", "/livez", None, "", None, 200),
+        ("GET", "/readyz", None, "", None, 200),
+        ("GET", "/metrics", None, "", None, 200),
+        ("GET", "/v1/indexes/d/search?q=x", None, "", None, 401),
+        ("GET", "/v1/indexes/d/search?q=x", None, "", wrong, 401),
+        ("GET", "/v1/indexes/d/search?q=x", None, "", search, 200),
+        ("GET", "/v1/indexes/d/search?q=x", None, "", admin, 200),
+        (
+            "POST",
+            "/v1/indexes/d/search",
+            Some("application/json"),
+            "{\"query\":\"x\"}",
+            search,
+            200,
+        ),
+        ("GET", "/v1/indexes", None, "", search, 200),
+        (
+            "POST",
+            "/v1/indexes/d/documents",
+            Some("application/json"),
+            "[{\"id\":\"1\"}]",
+            None,
+            401,
+        ),
+        (
+            "POST",
+            "/v1/indexes/d/documents",
+            Some("application/json"),
+            "[{\"id\":\"1\"}]",
+            search,
+            403,
+        ),
+        (
+            "POST",
+            "/v1/indexes/d/documents",
+            Some("application/json"),
+            "[{\"id\":\"1\"}]",
+            admin,
+            200,
+        ),
+        ("DELETE", "/v1/indexes/d/documents/1", None, "", search, 403),
+        ("GET", "/v1/admin/errors", None, "", search, 403),
+        ("GET", "/v1/admin/errors", None, "", admin, 200),
+        ("DELETE", "/v1/indexes/d", None, "", search, 403),
+        (
+            "POST",
+            "/v1/indexes",
+            Some("application/json"),
+            "{\"name\":\"e\"}",
+            search,
+            403,
+        ),
+    ];
+    for (method, uri, ct, body, key, expected) in cases {
+        let r = a.send(method, uri, ct, body.to_string(), key).await;
+        assert_eq!(
+            r.status.as_u16(),
+            expected,
+            "{method} {uri} with {key:?}: {}",
+            r.text
+        );
+        if expected == 401 {
+            assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+            assert_eq!(r.body["error"]["code"], "unauthenticated");
+        }
+        if expected == 403 {
+            assert_eq!(r.body["error"]["code"], "permission_denied");
+        }
+    }
+}
+
+#[tokio::test]
+async fn protected_metrics_need_an_admin_key() {
+    let a = api(ServerConfig {
+        admin_keys: vec!["k".into()],
+        protect_metrics: true,
+        ..ServerConfig::default()
+    });
+    assert_eq!(a.get("/metrics").await.status, 401);
+    assert_eq!(
+        a.send("GET", "/metrics", None, "", Some("k")).await.status,
+        200
+    );
+    assert_eq!(a.get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn openapi_describes_exactly_the_routed_operations() {
+    let a = api(ServerConfig::default());
+    let spec = a.get("/v1/openapi.json").await.body;
+    assert_eq!(spec["openapi"], "3.0.3");
+    let paths = spec["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10);
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let uri = path.replace("{name}", "zz").replace("{id}", "1");
+            let r = a
+                .send(
+                    &method.to_uppercase(),
+                    &uri,
+                    Some("application/json"),
+                    "{}",
+                    None,
+                )
+                .await;
+            // Routed: the answer is never the router's "no such route" nor 405.
+            assert_ne!(r.status, 405, "{method} {path}");
+            let msg = r.body["error"]["message"].as_str().unwrap_or("");
+            assert!(
+                !msg.contains("no such route"),
+                "{method} {path} is not routed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn readyz_reports_checks_and_shutdown() {
+    let a = api(ServerConfig::default());
+    let r = a.get("/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let names: Vec<&str> = r.body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["indexes", "writers", "disk", "memory"]);
+    assert!(r.body["checks"][0]["took_ms"].as_f64().is_some());
+    a.state.begin_shutdown();
+    let r = a.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body["status"], "shutting_down");
+    assert_eq!(a.get("/livez").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_http_on_port_zero_and_graceful_shutdown_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState::open(
+        Catalog::open(dir.path()).unwrap(),
+        ServerConfig {
+            refresh_interval: std::time::Duration::from_secs(3600),
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = server::shutdown_channel();
+    let handle = tokio::spawn(server::run(
+        listener,
+        state,
+        rx,
+        std::time::Duration::from_secs(5),
+    ));
+    let c = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let r = c
+        .post(format!("{base}/v1/indexes"))
+        .json(&json!({"name": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Acknowledged without refresh: not yet committed (the interval is an hour).
+    let r = c
+        .post(format!("{base}/v1/indexes/d/documents"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":\"a\",\"t\":\"kept at shutdown\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tx.send_modify(|n| *n += 1);
+    tokio::time::timeout(std::time::Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The listener is closed.
+    assert!(c.get(format!("{base}/livez")).send().await.is_err());
+    let idx = Catalog::open(dir.path()).unwrap().open_index("d").unwrap();
+    assert!(
+        idx.get("a").unwrap().is_some(),
+        "pending write committed at shutdown"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let a = api(ServerConfig::default());
+    a.get("/v1/indexes/nope/search?q=x").await;
+    let m = a.get("/metrics").await;
+    assert!(
+        m.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(
+        m.text
+            .lines()
+            .any(|l| l.starts_with("ironsift_http_requests_total{")
+                && l.contains("route=\"/v1/indexes/{name}/search\"")
+                && l.contains("status=\"404\"")),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("ironsift_errors_total{code=\"not_found\",severity=\"low\"}"),
+        "{}",
+        m.text
+    );
+    let _ = app; // the plain constructor is the one the binary uses
+}
