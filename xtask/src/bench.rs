@@ -65,6 +65,26 @@ pub(crate) fn corpus_only(args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cargo xtask report`: the last step of `bench` alone, over whatever results are on disk
+/// (e.g. after running `cargo bench --bench core` by hand).
+pub(crate) fn report_only() -> Result<ExitCode> {
+    let target = target_dir();
+    let report_dir = target.join("bench-report");
+    std::fs::create_dir_all(&report_dir)
+        .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
+    let rep = report::build(
+        &target.join("criterion"),
+        &report_dir.join("notes.json"),
+        SystemTime::UNIX_EPOCH,
+        "latest",
+        std::time::Duration::ZERO,
+    );
+    let (md_path, json_path) = report::write(&rep, &report_dir)?;
+    println!("{}", rep.markdown());
+    println!("report: {} and {}", md_path.display(), json_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
     let opts = parse_args(args)?;
     let started_all = Instant::now();

@@ -30,6 +30,7 @@ Commands:
       --data DIR            corpus folder (default: $IRONSIFT_BENCH_DATA or target/bench-data)
       --check               exit with status 2 if any comparison misses its target
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
+  report                    rewrite the report from the latest Criterion results (no run)
   help                      this text
 ";
 
@@ -44,6 +45,8 @@ fn main() -> ExitCode {
         Some("verify") => Err(format!("verify takes no arguments\n\n{HELP}")),
         Some("bench") => bench::run(&args[1..]),
         Some("corpus") => bench::corpus_only(&args[1..]),
+        Some("report") if args.len() == 1 => bench::report_only(),
+        Some("report") => Err(format!("report takes no arguments\n\n{HELP}")),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     match outcome {

@@ -99,6 +99,8 @@ enum Verdict {
     Fail,
     Info,
     Missing(String),
+    /// Measured, but not the comparison it claims to be (e.g. ironsift indexed other data).
+    Invalid(String),
 }
 
 struct Row {
@@ -106,6 +108,8 @@ struct Row {
     plain: Option<Measured>,
     ironsift: Option<Measured>,
     verdict: Verdict,
+    /// Other processes took a good share of the CPU while this group ran.
+    noisy: Option<String>,
 }
 
 impl Row {
@@ -157,6 +161,41 @@ fn read_measured(home: &Path, group: &str, function: &str, since: SystemTime) ->
     })
 }
 
+/// Why a measured comparison does not compare like with like, from the bench notes (absent
+/// notes are not held against it: the notes are advisory, Criterion's files are the data).
+fn invalid(cmp: &Comparison, num: &dyn Fn(&str) -> Option<f64>) -> Option<String> {
+    match cmp.group {
+        "index_files" => {
+            let (plain, iron) = (
+                num("index_files.bytes")?,
+                num("index_files.ironsift_bytes_indexed")?,
+            );
+            // Both walk the same folder with the same filters; a gap means ignore rules or a
+            // walk bug made ironsift index other data, and its MB/s would be fiction.
+            ((iron - plain).abs() > 0.01 * plain)
+                .then(|| format!("ironsift indexed {iron:.0} bytes, plain Tantivy {plain:.0}"))
+        }
+        "index_json" => {
+            let docs = num("index_json.docs")?;
+            let indexed = num(&format!("index_json.{}_indexed", cmp.ironsift))?;
+            let failed = num(&format!("index_json.{}_failed", cmp.ironsift)).unwrap_or(0.0);
+            (indexed != docs || failed > 0.0).then(|| {
+                format!("ironsift indexed {indexed} of {docs} documents ({failed} rejected)")
+            })
+        }
+        "search" => {
+            if let Some(n) = num("search.failures_during_timing").filter(|n| *n > 0.0) {
+                return Some(format!("{n} searches failed while timed"));
+            }
+            // Same BM25 over the same documents: the top-10 scores must match, or the two
+            // engines are not answering the same queries.
+            let scores = num("search.agreement_scores_pct")?;
+            (scores < 95.0).then(|| format!("top-10 scores agree on only {scores}% of queries"))
+        }
+        _ => None,
+    }
+}
+
 /// Collects the results; anything missing or stale becomes a `Missing` row rather than an
 /// error, so a partial run still reports what it measured.
 pub(crate) fn build(
@@ -166,6 +205,10 @@ pub(crate) fn build(
     mode: &'static str,
     bench_time: Duration,
 ) -> Report {
+    let notes = std::fs::read_to_string(notes)
+        .ok()
+        .and_then(|t| json::parse(&t).ok());
+    let num = |key: &str| notes.as_ref()?.get(key)?.as_f64();
     let rows = COMPARISONS
         .iter()
         .map(|cmp| {
@@ -179,20 +222,32 @@ pub(crate) fn build(
                 plain: plain.ok(),
                 ironsift: ironsift.ok(),
                 verdict: Verdict::Info,
+                noisy: None,
             };
-            row.verdict = match (problem, row.ratio(), cmp.target) {
-                (Some(why), _, _) => Verdict::Missing(why),
-                (None, None, _) => Verdict::Missing("no ratio".into()),
-                (None, Some(_), None) => Verdict::Info,
-                (None, Some(r), Some(t)) if r >= t => Verdict::Pass,
-                (None, Some(_), Some(_)) => Verdict::Fail,
+            row.verdict = match (problem, row.ratio(), invalid(cmp, &num), cmp.target) {
+                (Some(why), ..) => Verdict::Missing(why),
+                (None, None, ..) => Verdict::Missing("no ratio".into()),
+                (None, Some(_), Some(why), _) => Verdict::Invalid(why),
+                (None, Some(_), None, None) => Verdict::Info,
+                (None, Some(r), None, Some(t)) if r >= t => Verdict::Pass,
+                (None, Some(_), None, Some(_)) => Verdict::Fail,
             };
+            if let (Some(foreign), Some(wall)) = (
+                num(&format!("{}.foreign_cpu_s", cmp.group)),
+                num(&format!("{}.wall_s", cmp.group)),
+            ) {
+                // A fifth of a core taken by others already moves ratios by several percent on
+                // a 2-core machine.
+                if wall > 0.0 && foreign / wall > 0.2 {
+                    row.noisy = Some(format!(
+                        "other processes used {foreign:.1} CPU-s during the {:.0} s of `{}`",
+                        wall, cmp.group
+                    ));
+                }
+            }
             row
         })
         .collect();
-    let notes = std::fs::read_to_string(notes)
-        .ok()
-        .and_then(|t| json::parse(&t).ok());
     Report {
         mode,
         bench_time,
@@ -231,7 +286,7 @@ impl Report {
     pub(crate) fn all_targets_met(&self) -> bool {
         self.rows.iter().all(|r| match r.verdict {
             Verdict::Pass | Verdict::Info => true,
-            Verdict::Fail => false,
+            Verdict::Fail | Verdict::Invalid(_) => false,
             Verdict::Missing(_) => r.cmp.target.is_none(),
         })
     }
@@ -252,12 +307,16 @@ impl Report {
             let unit = r.cmp.unit;
             let ratio = r.ratio().map_or("—".into(), |x| format!("{x:.2}"));
             let target = r.cmp.target.map_or("—".into(), |t| format!("≥ {t:.2}"));
-            let result = match &r.verdict {
+            let mut result = match &r.verdict {
                 Verdict::Pass => "PASS".to_string(),
                 Verdict::Fail => "FAIL".to_string(),
                 Verdict::Info => "info".to_string(),
                 Verdict::Missing(why) => format!("MISSING ({why})"),
+                Verdict::Invalid(why) => format!("INVALID ({why})"),
             };
+            if r.noisy.is_some() {
+                result.push_str(" (noisy)");
+            }
             let _ = writeln!(
                 md,
                 "| {}: {} vs {} | {} | {} | {} | {} | {} | {} |",
@@ -277,12 +336,28 @@ impl Report {
         } else {
             "some targets missed"
         };
+        let took = if self.bench_time.is_zero() {
+            String::new()
+        } else {
+            format!(" Benchmarks took {}.", crate::fmt_duration(self.bench_time))
+        };
         let _ = writeln!(
             md,
             "\nOverall: **{verdict}**. Figures are Criterion medians (10 samples); ratio = \
-             ironsift / plain Tantivy, same run, same machine. Benchmarks took {}.",
-            crate::fmt_duration(self.bench_time)
+             ironsift / plain Tantivy, same run, same machine.{took}"
         );
+        let mut noisy: Vec<&str> = self
+            .rows
+            .iter()
+            .filter_map(|r| r.noisy.as_deref())
+            .collect();
+        noisy.dedup();
+        for why in noisy {
+            let _ = writeln!(
+                md,
+                "\n**Noisy:** {why}; rerun on a quiet machine before trusting it."
+            );
+        }
         if let (Some(o), Some(s), Some(n)) = (
             self.note("search.agreement_ordered_pct"),
             self.note("search.agreement_set_pct"),
@@ -319,6 +394,7 @@ impl Report {
                     Verdict::Fail => ("fail", None),
                     Verdict::Info => ("info", None),
                     Verdict::Missing(w) => ("missing", Some(w.clone())),
+                    Verdict::Invalid(w) => ("invalid", Some(w.clone())),
                 };
                 Json::Obj(vec![
                     ("group".into(), Json::Str(r.cmp.group.into())),
@@ -336,7 +412,11 @@ impl Report {
                     ("ratio".into(), num(r.ratio())),
                     ("target".into(), num(r.cmp.target)),
                     ("result".into(), Json::Str(verdict.into())),
-                    ("missing_reason".into(), why.map_or(Json::Null, Json::Str)),
+                    ("reason".into(), why.map_or(Json::Null, Json::Str)),
+                    (
+                        "noisy".into(),
+                        r.noisy.clone().map_or(Json::Null, Json::Str),
+                    ),
                     (
                         "plain_median_ns".into(),
                         num(r.plain.as_ref().map(|m| m.median_ns)),
