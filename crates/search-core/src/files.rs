@@ -30,7 +30,8 @@ pub struct IndexDirOptions {
     pub chunk_lines: usize,
     /// Index hidden files and folders (default false).
     pub hidden: bool,
-    /// Honour `.gitignore`, `.ignore` and git excludes (default true).
+    /// Honour `.ignore` files, and inside a git repository `.gitignore` and git excludes
+    /// (default true).
     pub respect_ignore_files: bool,
     /// Follow symbolic links (default false). Loops are detected and reported, never followed.
     pub follow_links: bool,
@@ -248,7 +249,10 @@ impl SearchIndex {
             .git_exclude(opts.respect_ignore_files)
             .ignore(opts.respect_ignore_files)
             .parents(opts.respect_ignore_files)
-            .require_git(false)
+            // Like git and ripgrep: .gitignore rules apply inside a git repository only (a
+            // source tarball's .gitignore, e.g. Debian's linux-source with its `/*`, must not
+            // hide the whole tree); `.ignore` files apply everywhere.
+            .require_git(true)
             .follow_links(opts.follow_links)
             .build();
 

@@ -211,7 +211,10 @@ impl SearchIndex {
                 let (top, n) = searcher.search(query, &(top_k(), Count)).map_err(err)?;
                 (top, Some(n))
             }
-            (false, true) => (Vec::new(), Some(searcher.search(query, &Count).map_err(err)?)),
+            (false, true) => (
+                Vec::new(),
+                Some(searcher.search(query, &Count).map_err(err)?),
+            ),
             (false, false) => (Vec::new(), None),
         };
         let highlighter = if req.highlight && !top.is_empty() {

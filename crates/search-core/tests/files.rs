@@ -54,7 +54,12 @@ fn filters_odd_files_and_keeps_going() {
     fs::write(s.join("cjk.md"), "東京タワー 🚀 rocket 検索エンジン\n").unwrap();
     fs::create_dir(s.join(".hidden")).unwrap();
     fs::write(s.join(".hidden/secret.txt"), "zebra hidden").unwrap();
+    // .gitignore applies inside a git repository (as for git and ripgrep); .ignore everywhere.
+    fs::create_dir(s.join(".git")).unwrap();
     fs::write(s.join(".gitignore"), "ignored/\n*.log\n").unwrap();
+    fs::write(s.join(".ignore"), "scratch/\n").unwrap();
+    fs::create_dir(s.join("scratch")).unwrap();
+    fs::write(s.join("scratch/notes.txt"), "zebra scratch").unwrap();
     fs::create_dir(s.join("ignored")).unwrap();
     fs::write(s.join("ignored/x.txt"), "zebra ignored").unwrap();
     fs::write(s.join("debug.log"), "zebra log").unwrap();
@@ -88,15 +93,12 @@ fn filters_odd_files_and_keeps_going() {
     assert_eq!(
         paths(&idx, "zebra"),
         [
-            ".gitignore",
             ".hidden/secret.txt",
             "debug.log",
             "hello.rs",
-            "ignored/x.txt"
+            "ignored/x.txt",
+            "scratch/notes.txt"
         ]
-        .into_iter()
-        .filter(|p| *p != ".gitignore")
-        .collect::<Vec<_>>()
     );
 }
 
