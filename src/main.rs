@@ -528,7 +528,7 @@ fn one_line(s: &str) -> String {
 }
 
 fn preview(hit: &Hit) -> Option<String> {
-    let text = hit.doc.values().find_map(|v| v.as_str())?;
+    let text = hit.doc.as_json().values().find_map(|v| v.as_str())?;
     let line = one_line(text);
     Some(match line.char_indices().nth(160) {
         Some((i, _)) => format!("{}…", &line[..i]),

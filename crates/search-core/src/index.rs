@@ -354,7 +354,7 @@ impl SearchIndex {
         let doc: TantivyDocument = searcher
             .doc(*addr)
             .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
-        Ok(Some(Value::Object(self.doc_to_json(&doc).1)))
+        Ok(Some(Value::Object(self.stored_document(doc).1.into_json())))
     }
 
     /// Turns a JSON object into a Tantivy document for this index's layout.
@@ -404,41 +404,23 @@ impl SearchIndex {
         Ok((id, tdoc))
     }
 
-    /// Turns a stored document back into JSON: `(id, object)`.
-    pub(crate) fn doc_to_json(&self, doc: &TantivyDocument) -> (String, Map<String, Value>) {
+    /// Wraps a stored document for a hit: `(id, document)`, without converting its fields.
+    pub(crate) fn stored_document(
+        &self,
+        doc: TantivyDocument,
+    ) -> (String, crate::document::Document) {
         let id = doc
             .get_first(self.layout.id())
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string();
-        let mut out = Map::new();
-        match &self.layout {
-            Layout::Schemaless(f) => {
-                if let Some(Value::Object(m)) = doc.get_first(f.source).map(to_json) {
-                    out = m;
-                }
-            }
-            _ => {
-                let schema = self.index.schema();
-                for (field, value) in doc.field_values() {
-                    if field == self.layout.id() {
-                        continue;
-                    }
-                    let v = to_json(value);
-                    match out.get_mut(schema.get_field_name(field)) {
-                        None => {
-                            out.insert(schema.get_field_name(field).to_string(), v);
-                        }
-                        Some(Value::Array(items)) => items.push(v),
-                        Some(prev) => {
-                            let first = prev.take();
-                            *prev = Value::Array(vec![first, v]);
-                        }
-                    }
-                }
-            }
-        }
-        (id, out)
+        let source = match &self.layout {
+            Layout::Schemaless(f) => Some(f.source),
+            _ => None,
+        };
+        let doc =
+            crate::document::Document::stored(doc, self.index.schema(), self.layout.id(), source);
+        (id, doc)
     }
 }
 

@@ -23,6 +23,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod catalog;
+mod document;
 mod error;
 mod files;
 mod index;
@@ -31,6 +32,7 @@ mod schema;
 mod search;
 
 pub use catalog::{Catalog, DEFAULT_INDEX, IndexMeta, validate_index_name};
+pub use document::Document;
 pub use error::{CoreError, Result};
 pub use files::{
     BINARY_SNIFF_BYTES, DirProgress, IndexDirOptions, IndexDirReport, WalkWarning, language_of,

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::Query;
 use tantivy::schema::{Field, Value as _};
 use tantivy::snippet::{Snippet, SnippetGenerator};
 use tantivy::{Searcher, TantivyDocument};
 
+use crate::document::Document;
 use crate::error::{CoreError, Result};
 use crate::index::SearchIndex;
 use crate::schema::{FieldType, Layout};
@@ -124,8 +125,8 @@ pub struct Hit {
     pub id: String,
     /// BM25 score.
     pub score: f32,
-    /// Stored fields.
-    pub doc: Map<String, Value>,
+    /// Stored fields (serialized straight from storage; see [`Document`]).
+    pub doc: Document,
     /// Highlighted fragments by field, when requested and the field matched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub highlights: BTreeMap<String, Highlight>,
@@ -228,7 +229,7 @@ impl SearchIndex {
                 .doc(addr)
                 .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
             let highlights = highlight(&highlighter, &doc);
-            let (id, doc) = self.doc_to_json(&doc);
+            let (id, doc) = self.stored_document(doc);
             hits.push(Hit {
                 id,
                 score,

@@ -226,3 +226,56 @@ fn stats_count_docs_segments_and_bytes() {
     assert!(s.segments >= 1);
     assert!(s.bytes_on_disk > empty.bytes_on_disk);
 }
+
+#[test]
+fn hits_serialize_straight_from_storage_like_their_json_form() {
+    let data = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(data.path()).unwrap();
+    let spec: SchemaSpec = serde_json::from_value(json!({"fields": [
+        {"name": "title", "type": "text"}, {"name": "tag", "type": "string"},
+        {"name": "n", "type": "i64"}, {"name": "x", "type": "f64"}, {"name": "ok", "type": "bool"}
+    ]}))
+    .unwrap();
+    let typed = cat
+        .create("typed", IndexKind::Documents, Some(spec))
+        .unwrap();
+    typed
+        .upsert(json!({"id": "1", "title": "stream me", "tag": ["a", "b"], "n": -3, "x": 1.5, "ok": true}))
+        .unwrap();
+    typed.commit().unwrap();
+    let free = cat.create("free", IndexKind::Documents, None).unwrap();
+    free.upsert(json!({"id": "1", "title": "stream me", "nested": {"a": [1, "two", null, {"b": false}]}, "u": 18446744073709551615u64}))
+        .unwrap();
+    free.commit().unwrap();
+    for idx in [&typed, &free] {
+        let hit = idx
+            .search(&SearchRequest::new("stream"))
+            .unwrap()
+            .hits
+            .remove(0);
+        let streamed = serde_json::to_value(&hit.doc).unwrap(); // before any map is built
+        assert_eq!(
+            streamed,
+            serde_json::Value::Object(hit.doc.as_json().clone())
+        );
+        assert_eq!(hit.doc["title"], "stream me");
+    }
+    let hit = typed
+        .search(&SearchRequest::new("stream"))
+        .unwrap()
+        .hits
+        .remove(0);
+    assert_eq!(
+        serde_json::to_value(&hit.doc).unwrap()["tag"],
+        json!(["a", "b"])
+    );
+    let hit = free
+        .search(&SearchRequest::new("stream"))
+        .unwrap()
+        .hits
+        .remove(0);
+    assert_eq!(
+        serde_json::to_value(&hit.doc).unwrap()["nested"]["a"][3]["b"],
+        false
+    );
+}
