@@ -1,7 +1,23 @@
 //! Tools for testing ironsift the hard way.
 //!
-//! This crate will own the real-process harness (`ServerProcess`), the deterministic corpus
-//! generator and real-data loaders, fault injection (fail points, chaos layers), the load
-//! generator and stress scenarios, and shared proptest strategies. Its content lands with issue
-//! #7; the crate is intentionally empty until then.
+//! What exists now:
+//! - [`ServerProcess`]: the real `ironsift serve` binary as a child process on a loopback port,
+//!   with a temporary (or given) data directory, readiness wait, real signals ([`Signal`]),
+//!   bounded exit waits, restarts on the same data, stderr capture, and SIGKILL on drop so no
+//!   server outlives its test. Built for graceful-shutdown, crash (SIGKILL + restart) and load
+//!   tests alike.
+//! - [`http`]: a tiny blocking HTTP/1.1 client for readiness polling and quick checks from
+//!   synchronous code, with no async runtime.
+//!
+//! Still to come (issue #7): the deterministic corpus generator and real-data loaders, fault
+//! injection (fail points, chaos layers), the load generator and stress scenarios, and shared
+//! proptest strategies.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod http;
+mod process;
+
+pub use http::HttpResponse;
+pub use process::{
+    DEFAULT_STARTUP_TIMEOUT, LISTENING_PREFIX, ServerBuilder, ServerProcess, Signal, StartError,
+};
