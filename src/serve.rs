@@ -60,6 +60,10 @@ pub(crate) struct ServeArgs {
     /// Largest request body [default: 16MiB].
     #[arg(long, env = "IRONSIFT_BODY_LIMIT", value_parser = parse_size)]
     body_limit: Option<u64>,
+    /// After SIGTERM, keep serving this long (answering with `Connection: close`, so clients
+    /// leave keep-alive connections) before the listener closes [default: 500ms].
+    #[arg(long, env = "IRONSIFT_DRAIN_DELAY", value_parser = parse_duration)]
+    drain_delay: Option<Duration>,
     /// How often pending writes are committed [default: 1s].
     #[arg(long, env = "IRONSIFT_REFRESH_INTERVAL", value_parser = parse_duration)]
     refresh_interval: Option<Duration>,
@@ -80,6 +84,7 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     body_limit: Option<String>,
     refresh_interval: Option<String>,
+    drain_delay: Option<String>,
     heap_mb: Option<usize>,
 }
 
@@ -167,6 +172,12 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         ),
     }
     .max(Duration::from_millis(10));
+    let drain_delay = match args.drain_delay {
+        Some(d) => d,
+        None => Duration::from_millis(
+            from_file("drain_delay", &file.drain_delay, parse_ms)?.unwrap_or(500),
+        ),
+    };
     let body_limit = match args.body_limit {
         Some(b) => b,
         None => from_file("body_limit", &file.body_limit, parse_size)?.unwrap_or(16 << 20),
@@ -195,6 +206,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             .or(file.protect_metrics)
             .unwrap_or(false),
         refresh_interval,
+        drain_delay,
         ..ServerConfig::default()
     };
     if config.admin_keys.is_empty() && config.search_keys.is_empty() && !listen.ip().is_loopback() {
@@ -220,7 +232,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         .thread_name("ironsift")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let state = AppState::open(catalog, config).map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -254,7 +266,11 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         });
         server::run(listener, state, rx, shutdown_timeout).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
-    })
+    });
+    // Work still on the blocking pool was never acknowledged (the indexes are closed for
+    // writing); do not let it hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    outcome
 }
 
 #[cfg(test)]

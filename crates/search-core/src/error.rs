@@ -60,6 +60,12 @@ pub enum CoreError {
         /// The lock file held.
         lock: PathBuf,
     },
+    /// The index handle was closed for writing (the service is shutting down).
+    #[error("index {name:?} is closed for writing (shutting down)")]
+    IndexClosed {
+        /// The index name.
+        name: String,
+    },
     /// No document has this id.
     #[error("document {id:?} not found in index {index:?}")]
     DocumentNotFound {
@@ -220,6 +226,7 @@ impl Classify for CoreError {
             }
             CoreError::IndexExists { .. } => ErrorCode::AlreadyExists,
             CoreError::WriterLocked { .. } => ErrorCode::Conflict,
+            CoreError::IndexClosed { .. } => ErrorCode::Unavailable,
             CoreError::Io { source, .. } => io_code(source),
             CoreError::BadMetadata { .. } => ErrorCode::DataCorruption,
             CoreError::Tantivy { source, .. } => tantivy_code(source),

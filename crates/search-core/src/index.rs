@@ -92,7 +92,17 @@ pub struct SearchIndex {
     pub(crate) layout: Layout,
     pub(crate) queries: QueryBuilder,
     pub(crate) config: IndexConfig,
-    writer: Mutex<Option<IndexWriter>>,
+    writer: Mutex<WriterSlot>,
+}
+
+/// The writer of an index handle: opened on first write, closed for good at shutdown.
+enum WriterSlot {
+    Idle,
+    Open(Box<IndexWriter>),
+    /// [`SearchIndex::close_writer`] or [`SearchIndex::commit_and_close`] ran: writes through
+    /// this handle fail with [`CoreError::IndexClosed`] instead of quietly reopening a writer
+    /// whose documents nobody would commit.
+    Closed,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -155,7 +165,7 @@ impl SearchIndex {
             layout,
             queries,
             config: config.clone(),
-            writer: Mutex::new(None),
+            writer: Mutex::new(WriterSlot::Idle),
         })
     }
 
@@ -203,24 +213,32 @@ impl SearchIndex {
         f: impl FnOnce(&mut IndexWriter) -> Result<T>,
     ) -> Result<T> {
         let mut guard = lock(&self.writer);
-        if guard.is_none() {
-            let heap = self.config.writer_heap_bytes;
-            let opened = match self.config.writer_threads {
-                Some(n) => self.index.writer_with_num_threads(n, heap),
-                None => self.index.writer(heap),
-            };
-            let writer = opened.map_err(|e| match e {
-                TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
-                    CoreError::WriterLocked {
-                        name: self.name.clone(),
-                        lock: self.dir.join(TANTIVY_DIR).join(".tantivy-writer.lock"),
-                    }
-                }
-                other => CoreError::tantivy(&self.name, "open writer", other),
-            })?;
-            *guard = Some(writer);
+        if matches!(*guard, WriterSlot::Idle) {
+            *guard = WriterSlot::Open(Box::new(self.open_writer()?));
         }
-        f(guard.as_mut().expect("writer opened above"))
+        match &mut *guard {
+            WriterSlot::Open(w) => f(w),
+            _ => Err(CoreError::IndexClosed {
+                name: self.name.clone(),
+            }),
+        }
+    }
+
+    fn open_writer(&self) -> Result<IndexWriter> {
+        let heap = self.config.writer_heap_bytes;
+        let opened = match self.config.writer_threads {
+            Some(n) => self.index.writer_with_num_threads(n, heap),
+            None => self.index.writer(heap),
+        };
+        opened.map_err(|e| match e {
+            TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
+                CoreError::WriterLocked {
+                    name: self.name.clone(),
+                    lock: self.dir.join(TANTIVY_DIR).join(".tantivy-writer.lock"),
+                }
+            }
+            other => CoreError::tantivy(&self.name, "open writer", other),
+        })
     }
 
     /// Makes every write so far durable in the index and visible to searches.
@@ -243,12 +261,31 @@ impl SearchIndex {
         })
     }
 
-    /// Releases the writer (and its lock) after waiting for its threads; uncommitted writes
-    /// are discarded, so call [`SearchIndex::commit`] first to keep them.
+    /// Releases the writer (and its lock) after waiting for its threads, and closes this handle
+    /// for writing. Uncommitted writes are discarded: use [`SearchIndex::commit_and_close`] to
+    /// keep them.
     pub fn close_writer(&self) {
-        if let Some(w) = lock(&self.writer).take() {
+        let mut guard = lock(&self.writer);
+        if let WriterSlot::Open(w) = std::mem::replace(&mut *guard, WriterSlot::Closed) {
             let _ = w.wait_merging_threads();
         }
+    }
+
+    /// Commits pending writes and closes the handle for writing, atomically with respect to
+    /// other writes through this handle: a write either lands before the commit (and is kept)
+    /// or fails with [`CoreError::IndexClosed`] (and was never acknowledged). On a commit
+    /// error the writer stays open, so the caller can retry.
+    pub fn commit_and_close(&self) -> Result<()> {
+        let mut guard = lock(&self.writer);
+        if let WriterSlot::Open(w) = &mut *guard {
+            w.commit()
+                .map_err(|e| CoreError::tantivy(&self.name, "commit", e))?;
+        }
+        if let WriterSlot::Open(w) = std::mem::replace(&mut *guard, WriterSlot::Closed) {
+            let _ = w.wait_merging_threads();
+        }
+        drop(guard);
+        self.reload()
     }
 
     /// Makes the latest commit (ours or another process's) visible to searches now.

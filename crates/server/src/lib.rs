@@ -10,6 +10,7 @@
 
 mod context;
 mod error;
+mod listener;
 mod middleware;
 mod openapi;
 mod routes;
@@ -43,30 +44,40 @@ async fn at_least(rx: &mut watch::Receiver<u32>, n: u32) {
     }
 }
 
-/// Serves `state` on `listener` until shutdown is requested, then:
-/// `/readyz` turns 503 at once, the listener stops accepting, in-flight requests finish (up to
-/// `shutdown_timeout`, or until a second request forces it), and pending writes are committed.
+/// Serves `state` on `listener` until shutdown is requested, then: `/readyz` turns 503 at once
+/// and responses carry `Connection: close`; after the configured drain delay the listener
+/// accepts what is already queued and closes; in-flight requests finish (up to
+/// `shutdown_timeout`, or until a second request forces it); pending writes are committed and
+/// the indexes closed for writing.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     mut shutdown: watch::Receiver<u32>,
     shutdown_timeout: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let app = routes::app(state.clone());
     let committer = tokio::spawn(commit_loop(state.clone(), shutdown.clone()));
 
-    let mut first = shutdown.clone();
+    let (close_tx, close_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let listener = listener::DrainingListener::new(listener, close_rx, closed_tx)?;
+    let mut signals = shutdown.clone();
     let st = state.clone();
-    let graceful = async move {
-        at_least(&mut first, 1).await;
+    let drain_delay = state.0.config.drain_delay;
+    tokio::spawn(async move {
+        at_least(&mut signals, 1).await;
         st.begin_shutdown();
-        tracing::info!("shutdown requested: no longer ready, draining in-flight requests");
-    };
-    // Nagle's algorithm would hold small responses back ~40 ms waiting for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+        tracing::info!("shutdown requested: no longer ready");
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = at_least(&mut signals, 2) => {}
+        }
+        let _ = close_tx.send(true);
     });
+    let graceful = async move {
+        let _ = closed_rx.await;
+        tracing::info!("listener closed; draining in-flight requests");
+    };
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let mut forced = shutdown.clone();
     let force = async move {
@@ -83,13 +94,9 @@ pub async fn run(
     at_least(&mut shutdown, 1).await;
     committer.abort();
     let st = state.clone();
-    let failures = tokio::task::spawn_blocking(move || {
-        let failures = st.commit_all();
-        st.close();
-        failures
-    })
-    .await
-    .unwrap_or_default();
+    let failures = tokio::task::spawn_blocking(move || st.commit_and_close_all())
+        .await
+        .unwrap_or_default();
     for (name, e) in &failures {
         tracing::error!(index = %name, error = %e, "final commit failed");
     }

@@ -78,6 +78,11 @@ pub(crate) async fn request_context(
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    if state.0.health.is_shutting_down() {
+        // Clients must not reuse a connection that is about to close.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

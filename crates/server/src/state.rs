@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub protect_metrics: bool,
     /// How often pending writes are committed (made searchable and durable).
     pub refresh_interval: Duration,
+    /// After a shutdown request, how long to keep serving (answering with `Connection: close`,
+    /// so clients leave their keep-alive connections) before the listener closes. Without it a
+    /// client that reuses an idle connection just as it closes sees a reset (default 500 ms).
+    pub drain_delay: Duration,
     /// Disk usage above which the service is unready (fraction, default 0.95).
     pub disk_critical: f64,
     /// Memory usage above which the service is unready (fraction of RAM, default 0.95).
@@ -41,6 +45,7 @@ impl Default for ServerConfig {
             search_keys: Vec::new(),
             protect_metrics: false,
             refresh_interval: Duration::from_secs(1),
+            drain_delay: Duration::from_millis(500),
             disk_critical: 0.95,
             memory_critical: 0.95,
         }
@@ -163,11 +168,17 @@ impl AppState {
         failures
     }
 
-    /// Releases every writer (after [`AppState::commit_all`]).
-    pub fn close(&self) {
-        for (_, entry) in self.entries() {
-            entry.index.close_writer();
+    /// Commits pending writes and closes every index for writing (final step of shutdown):
+    /// a write still running either lands before its index's final commit or is refused with
+    /// 503, never acknowledged and then dropped. Returns the failures.
+    pub fn commit_and_close_all(&self) -> Vec<(String, CoreError)> {
+        let mut failures = Vec::new();
+        for (name, entry) in self.entries() {
+            if let Err(e) = entry.index.commit_and_close() {
+                failures.push((name, e));
+            }
         }
+        failures
     }
 
     pub(crate) fn entries(&self) -> Vec<(String, Arc<IndexEntry>)> {

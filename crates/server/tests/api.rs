@@ -479,7 +479,14 @@ async fn auth_matrix() {
     assert_eq!(r.status, 201, "{}", r.text);
 
     // (method, uri, content type, body, key, expected status)
-    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, Option<&'a str>, u16);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        Option<&'a str>,
+        u16,
+    );
     let cases: Vec<Case<'_>> = vec![
         ("GET", "/livez", None, "", None, 200),
         ("GET", "/readyz", None, "", None, 200),
