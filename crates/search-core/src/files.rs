@@ -167,6 +167,22 @@ struct Walked {
     mtime_ns: i64,
 }
 
+impl Walked {
+    fn of(m: &fs::Metadata) -> Walked {
+        Walked {
+            size: m.len(),
+            mtime_ns: mtime_ns(m),
+        }
+    }
+}
+
+fn io_error(e: ignore::Error) -> std::io::Error {
+    match e.into_io_error() {
+        Some(io) => io,
+        None => std::io::Error::other("metadata unavailable"),
+    }
+}
+
 impl SearchIndex {
     /// The `(size, mtime_ns)` of every file in the committed index, read from fast fields.
     fn indexed_files(&self) -> Result<HashMap<String, (u64, i64)>> {
@@ -275,33 +291,49 @@ impl SearchIndex {
             let path = entry.path();
             let rel = rel_path(&root, path);
             prog.files_seen += 1;
-            seen.insert(rel.clone());
-            let walked = match entry.metadata() {
-                Ok(m) => Walked {
-                    size: m.len(),
-                    mtime_ns: mtime_ns(&m),
-                },
+            let existed = before.get(&rel).copied();
+            if !before.is_empty() {
+                seen.insert(rel.clone());
+            }
+            // A file indexed before: one stat by path tells whether it changed, without opening
+            // it. A new file: open it first and stat the descriptor, saving a path lookup.
+            let opened = match existed {
+                Some(prev) => entry.metadata().map_err(io_error).and_then(|m| {
+                    let walked = Walked::of(&m);
+                    if (walked.size, walked.mtime_ns) == prev {
+                        Ok(None)
+                    } else {
+                        fs::File::open(path).map(|f| Some((f, walked)))
+                    }
+                }),
+                None => fs::File::open(path)
+                    .and_then(|f| f.metadata().map(|m| Some((f, Walked::of(&m))))),
+            };
+            let (file, walked) = match opened {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    report.files_unchanged += 1;
+                    prog.files_unchanged += 1;
+                    progress(&prog);
+                    continue;
+                }
                 Err(e) => {
+                    // Keep what was indexed before: a transient error must not delete a file.
                     report.files_failed += 1;
+                    prog.files_failed += 1;
                     report.warnings.push(WalkWarning {
                         path: Some(path.to_path_buf()),
-                        message: e.to_string(),
+                        message: format!("could not read: {e}"),
                     });
+                    progress(&prog);
                     continue;
                 }
             };
-            let existed = before.get(&rel);
-            if existed == Some(&(walked.size, walked.mtime_ns)) {
-                report.files_unchanged += 1;
-                prog.files_unchanged += 1;
-                progress(&prog);
-                continue;
-            }
-            let key = Term::from_field_text(fields.path_key, &rel);
+            let key = || Term::from_field_text(fields.path_key, &rel);
             let outcome = if walked.size > opts.max_file_bytes {
                 Err(Skip::Large)
             } else {
-                read_text(path, &mut buf, opts.max_file_bytes)
+                read_text(file, walked.size, &mut buf, opts.max_file_bytes)
             };
             match outcome {
                 Ok(()) => {}
@@ -316,8 +348,6 @@ impl SearchIndex {
                                 path: Some(path.to_path_buf()),
                                 message: format!("could not read: {e}"),
                             });
-                            // Keep what was indexed before: a transient read error must not
-                            // delete a file's chunks.
                             progress(&prog);
                             continue;
                         }
@@ -325,7 +355,7 @@ impl SearchIndex {
                     prog.files_skipped += 1;
                     if existed.is_some() {
                         self.with_writer(|w| {
-                            w.delete_term(key);
+                            w.delete_term(key());
                             Ok(())
                         })?;
                     }
@@ -340,7 +370,7 @@ impl SearchIndex {
                 .unwrap_or_default();
             let chunks = self.with_writer(|w| {
                 if existed.is_some() {
-                    w.delete_term(key);
+                    w.delete_term(key());
                 }
                 add_chunks(w, &fields, &rel, &ext, &walked, &text, opts.chunk_lines)
                     .map_err(|e| CoreError::tantivy(&self.name, "add document", e))
@@ -393,11 +423,16 @@ enum Skip {
     Failed(std::io::Error),
 }
 
-/// Reads a file into `buf` unless it is binary. Reads at most `max + 1` bytes so a file that
-/// grew past the limit since it was stat'ed is still caught.
-fn read_text(path: &Path, buf: &mut Vec<u8>, max: u64) -> std::result::Result<(), Skip> {
+/// Reads an open file into `buf` unless it is binary. Reads at most `max + 1` bytes so a file
+/// that grew past the limit since it was stat'ed is still caught.
+fn read_text(
+    file: fs::File,
+    size_hint: u64,
+    buf: &mut Vec<u8>,
+    max: u64,
+) -> std::result::Result<(), Skip> {
     buf.clear();
-    let file = fs::File::open(path).map_err(Skip::Failed)?;
+    buf.reserve(usize::try_from(size_hint.min(max) + 1).unwrap_or(0));
     file.take(max + 1).read_to_end(buf).map_err(Skip::Failed)?;
     if buf.len() as u64 > max {
         return Err(Skip::Large);
