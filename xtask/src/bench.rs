@@ -55,6 +55,51 @@ fn parse_args(args: &[String]) -> Result<Options> {
     })
 }
 
+/// Keeps two `cargo xtask bench` runs apart: they would share Criterion's result folder and
+/// the notes file, and each would slow the other down. A lock left by a dead process is taken
+/// over (checked through /proc where it exists).
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn acquire(path: &std::path::Path) -> Result<RunLock> {
+        use std::io::Write as _;
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(RunLock(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(path).unwrap_or_default();
+                    let pid = pid.trim();
+                    let proc = std::path::Path::new("/proc");
+                    let alive = proc.is_dir() && !pid.is_empty() && proc.join(pid).exists();
+                    if alive {
+                        return Err(format!(
+                            "another `cargo xtask bench` (pid {pid}) is running; wait for it \
+                             (or delete {} if that is wrong)",
+                            path.display()
+                        ));
+                    }
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            }
+        }
+        Err(format!("cannot take {}", path.display()))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// `cargo xtask corpus`: the first step of `bench` alone (e.g. to fetch data ahead of time).
 pub(crate) fn corpus_only(args: &[String]) -> Result<ExitCode> {
     let opts = parse_args(args)?;
@@ -95,6 +140,7 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
     let report_dir = target.join("bench-report");
     std::fs::create_dir_all(&report_dir)
         .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
+    let _lock = RunLock::acquire(&report_dir.join(".lock"))?;
     let notes = report_dir.join("notes.json");
     // Notes from an earlier run must not pass for this run's.
     let _ = std::fs::remove_file(&notes);

@@ -212,8 +212,31 @@ pub(crate) fn build(
     let rows = COMPARISONS
         .iter()
         .map(|cmp| {
-            let plain = read_measured(criterion_home, cmp.group, cmp.plain, since);
-            let ironsift = read_measured(criterion_home, cmp.group, cmp.ironsift, since);
+            // What this run declared per iteration; Criterion's files hold the throughput of
+            // whichever run wrote them last, and another run (quick vs full, or someone
+            // else's `cargo bench`) may have finished in between.
+            let declared = match cmp.group {
+                "search" => num("search.queries"),
+                group => num(&format!("{group}.bytes")),
+            };
+            let check = |m: Result<Measured>| {
+                let m = m?;
+                match declared {
+                    Some(d) if (m.per_iteration - d).abs() > 0.5 => Err(format!(
+                        "{}: results on disk are from another run ({} per iteration, this run \
+                         declared {d})",
+                        cmp.group, m.per_iteration
+                    )),
+                    _ => Ok(m),
+                }
+            };
+            let plain = check(read_measured(criterion_home, cmp.group, cmp.plain, since));
+            let ironsift = check(read_measured(
+                criterion_home,
+                cmp.group,
+                cmp.ironsift,
+                since,
+            ));
             let problem = [&plain, &ironsift]
                 .into_iter()
                 .find_map(|r| r.as_ref().err().cloned());
