@@ -444,6 +444,11 @@ fn read_text(
     Ok(())
 }
 
+/// The id of a file chunk: `path#Lstart`.
+pub(crate) fn chunk_id(path: &str, line_start: u64) -> String {
+    format!("{path}#L{line_start}")
+}
+
 /// Splits `text` into chunks of `chunk_lines` lines and adds one document per chunk.
 fn add_chunks(
     w: &mut IndexWriter,
@@ -483,7 +488,8 @@ fn add_chunks(
         let last = end_byte >= bytes.len();
         if lines_in_chunk > 0 || chunks == 0 {
             let mut doc = TantivyDocument::default();
-            doc.add_text(f.id, format!("{rel}#L{line}"));
+            // No `_id` value: a chunk's id is derived from its path and first line when read
+            // (see `files_chunk_id`), which saves a unique term per chunk at indexing time.
             doc.add_text(f.path_key, rel);
             doc.add_text(f.path, rel);
             doc.add_text(f.ext, ext);

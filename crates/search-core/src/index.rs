@@ -379,19 +379,44 @@ impl SearchIndex {
     }
 
     /// The committed document with this id, as JSON.
+    /// For files indexes the id is `path#Lstart`, as returned with hits.
     pub fn get(&self, id: &str) -> Result<Option<Value>> {
         let searcher = self.reader.searcher();
-        let query = TermQuery::new(self.id_term(id), IndexRecordOption::Basic);
-        let top = searcher
-            .search(&query, &TopDocs::with_limit(1).order_by_score())
-            .map_err(|e| CoreError::tantivy(&self.name, "get", e))?;
-        let Some((_, addr)) = top.first() else {
-            return Ok(None);
+        let err = |e| CoreError::tantivy(&self.name, "get", e);
+        let candidates = match &self.layout {
+            Layout::Files(f) => {
+                // Chunks carry no `_id` term: find the file's chunks by path, then the line.
+                let Some((path, _)) = id.rsplit_once("#L") else {
+                    return Ok(None);
+                };
+                let query = TermQuery::new(
+                    Term::from_field_text(f.path_key, path),
+                    IndexRecordOption::Basic,
+                );
+                searcher
+                    .search(
+                        &query,
+                        &TopDocs::with_limit(MAX_CHUNKS_PER_GET).order_by_score(),
+                    )
+                    .map_err(err)?
+            }
+            _ => {
+                let query = TermQuery::new(self.id_term(id), IndexRecordOption::Basic);
+                searcher
+                    .search(&query, &TopDocs::with_limit(1).order_by_score())
+                    .map_err(err)?
+            }
         };
-        let doc: TantivyDocument = searcher
-            .doc(*addr)
-            .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
-        Ok(Some(Value::Object(self.stored_document(doc).1.into_json())))
+        for (_, addr) in candidates {
+            let doc: TantivyDocument = searcher
+                .doc(addr)
+                .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
+            let (doc_id, doc) = self.stored_document(doc);
+            if doc_id == id {
+                return Ok(Some(Value::Object(doc.into_json())));
+            }
+        }
+        Ok(None)
     }
 
     /// Turns a JSON object into a Tantivy document for this index's layout.
@@ -446,11 +471,21 @@ impl SearchIndex {
         &self,
         doc: TantivyDocument,
     ) -> (String, crate::document::Document) {
-        let id = doc
-            .get_first(self.layout.id())
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
+        let id = match &self.layout {
+            Layout::Files(f) => crate::files::chunk_id(
+                doc.get_first(f.path)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default(),
+                doc.get_first(f.line_start)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(1),
+            ),
+            _ => doc
+                .get_first(self.layout.id())
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        };
         let source = match &self.layout {
             Layout::Schemaless(f) => Some(f.source),
             _ => None,
@@ -494,6 +529,10 @@ fn json_type(v: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// Chunks of one file looked at by a get on a files index (a 10 MiB file of 200-line chunks
+/// has far fewer).
+const MAX_CHUNKS_PER_GET: usize = 10_000;
 
 /// Longest id accepted, in bytes (Tantivy terms must stay well under 64 KiB).
 pub const MAX_ID_BYTES: usize = 512;

@@ -195,6 +195,11 @@ fn chunks_name_their_lines() {
         .unwrap()
         .hits[0];
     assert_eq!(hit.id, "f.txt#L201");
+    let got = idx.get("f.txt#L201").unwrap().unwrap();
+    assert_eq!(got["line_end"], 400);
+    assert!(idx.get("f.txt#L202").unwrap().is_none());
+    assert!(idx.get("nope.txt#L1").unwrap().is_none());
+    assert!(idx.get("no-line-marker").unwrap().is_none());
     assert_eq!(hit.doc["line_start"], 201);
     assert_eq!(hit.doc["line_end"], 400);
     assert_eq!(hit.highlights["content"].line, Some(321));
