@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod bench_http;
 mod serve;
 
 use anyhow::{Context, Result, bail};
@@ -50,6 +51,9 @@ enum Command {
     /// Serve search over HTTP (indexing FOLDER first, when given). Settings come from flags,
     /// then IRONSIFT_* environment variables, then the --config TOML file.
     Serve(serve::ServeArgs),
+    /// Load a running server with search queries; report req/s, latency percentiles and
+    /// /readyz latency under that load.
+    BenchHttp(bench_http::BenchHttpArgs),
     /// Index the text files of a folder; re-running only reads what changed.
     Index {
         /// Folder to index.
@@ -190,8 +194,15 @@ fn engine(cli: &Cli) -> Result<Engine> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Serve(args) = &cli.command {
-        return serve::run(&cli, args);
+    match &cli.command {
+        Command::Serve(args) => return serve::run(&cli, args),
+        Command::BenchHttp(args) => {
+            return bench_http::run(
+                cli.index.as_deref().unwrap_or(ironsift::DEFAULT_INDEX),
+                args,
+            );
+        }
+        _ => {}
     }
     let engine = engine(&cli)?;
     let index_name = cli.index.as_deref().unwrap_or(ironsift::DEFAULT_INDEX);
@@ -310,7 +321,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::BenchHttp(_) => unreachable!("handled above"),
         Command::DeleteIndex { name } => {
             engine.catalog().delete(name)?;
             println!("deleted index {name:?}");

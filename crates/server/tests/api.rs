@@ -9,13 +9,38 @@ use serde_json::{Value, json};
 use server::{AppState, ServerConfig, app, app_with};
 use tower::ServiceExt;
 
+/// How requests reach the router: in-process, or over real HTTP on a loopback port.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Oneshot,
+    Http,
+}
+
 struct Api {
     _dir: tempfile::TempDir,
     state: AppState,
     router: Router,
+    http: Option<(String, reqwest::Client)>,
+}
+
+/// Runs a test body once through the router and once over real HTTP.
+macro_rules! both_transports {
+    ($(async fn $name:ident($api:ident: fn(ServerConfig) -> Api) $body:block)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            for transport in [Transport::Oneshot, Transport::Http] {
+                let $api = |config| api_over(transport, config);
+                async { $body }.await;
+            }
+        }
+    )*};
 }
 
 fn api(config: ServerConfig) -> Api {
+    api_over(Transport::Oneshot, config)
+}
+
+fn api_over(transport: Transport, config: ServerConfig) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let state = AppState::open(Catalog::open(dir.path()).unwrap(), config).unwrap();
     let router = app_with(
@@ -29,10 +54,23 @@ fn api(config: ServerConfig) -> Api {
         ),
         state.clone(),
     );
+    let http = match transport {
+        Transport::Oneshot => None,
+        Transport::Http => {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            std_listener.set_nonblocking(true).unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let served = router.clone();
+            tokio::spawn(async move { axum::serve(listener, served).await });
+            Some((format!("http://{addr}"), reqwest::Client::new()))
+        }
+    };
     Api {
         _dir: dir,
         state,
         router,
+        http,
     }
 }
 
@@ -45,6 +83,26 @@ struct Resp {
 
 impl Api {
     async fn call(&self, req: Request<Body>) -> Resp {
+        if let Some((base, client)) = &self.http {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let mut r = client.request(parts.method, format!("{base}{}", parts.uri));
+            for (k, v) in &parts.headers {
+                r = r.header(k, v);
+            }
+            let resp = r.body(bytes).send().await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Resp {
+                status,
+                headers,
+                body,
+                text,
+            };
+        }
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -112,8 +170,8 @@ fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
 }
 
-#[tokio::test]
-async fn index_documents_search_get_delete() {
+both_transports! {
+    async fn index_documents_search_get_delete(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig::default());
     let r = a.post_json("/v1/indexes", json!({"name": "docs"})).await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -243,9 +301,10 @@ async fn index_documents_search_get_delete() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_error(&a.get("/v1/indexes/docs").await, 404, "not_found");
 }
+}
 
-#[tokio::test]
-async fn bad_input_gets_the_right_status_and_never_a_5xx() {
+both_transports! {
+    async fn bad_input_gets_the_right_status_and_never_a_5xx(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig {
         body_limit: 64 * 1024,
         ..ServerConfig::default()
@@ -409,9 +468,10 @@ async fn bad_input_gets_the_right_status_and_never_a_5xx() {
         assert_ne!(e["severity"], "critical", "{e}");
     }
 }
+}
 
-#[tokio::test]
-async fn a_panicking_handler_becomes_a_500_with_the_request_id() {
+both_transports! {
+    async fn a_panicking_handler_becomes_a_500_with_the_request_id(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig::default());
     let req = Request::get("/v1/test/panic")
         .header("x-request-id", "boom-1")
@@ -426,9 +486,10 @@ async fn a_panicking_handler_becomes_a_500_with_the_request_id() {
     let errors = a.get("/v1/admin/errors").await;
     assert!(errors.text.contains("internal"), "{}", errors.text);
 }
+}
 
-#[tokio::test]
-async fn request_ids_are_honoured_only_when_safe() {
+both_transports! {
+    async fn request_ids_are_honoured_only_when_safe(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig::default());
     let r = a
         .call(
@@ -456,9 +517,10 @@ async fn request_ids_are_honoured_only_when_safe() {
     let r = a.get("/livez").await;
     assert_eq!(r.headers["x-request-id"].len(), 32);
 }
+}
 
-#[tokio::test]
-async fn auth_matrix() {
+both_transports! {
+    async fn auth_matrix(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig {
         admin_keys: vec!["admin-secret".into()],
         search_keys: vec!["search-1".into(), "search-2".into()],
@@ -558,9 +620,10 @@ async fn auth_matrix() {
         }
     }
 }
+}
 
-#[tokio::test]
-async fn protected_metrics_need_an_admin_key() {
+both_transports! {
+    async fn protected_metrics_need_an_admin_key(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig {
         admin_keys: vec!["k".into()],
         protect_metrics: true,
@@ -573,9 +636,10 @@ async fn protected_metrics_need_an_admin_key() {
     );
     assert_eq!(a.get("/readyz").await.status, 200);
 }
+}
 
-#[tokio::test]
-async fn openapi_describes_exactly_the_routed_operations() {
+both_transports! {
+    async fn openapi_describes_exactly_the_routed_operations(api: fn(ServerConfig) -> Api) {
     let a = api(ServerConfig::default());
     let spec = a.get("/v1/openapi.json").await.body;
     assert_eq!(spec["openapi"], "3.0.3");
@@ -602,6 +666,7 @@ async fn openapi_describes_exactly_the_routed_operations() {
             );
         }
     }
+}
 }
 
 #[tokio::test]

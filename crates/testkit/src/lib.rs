@@ -9,12 +9,17 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 client for readiness polling and quick checks from
 //!   synchronous code, with no async runtime.
 //!
+//! - [`load`]: an HTTP load generator, closed loop (N connections) or open loop (a fixed rate,
+//!   latency from the due time so stalls are not hidden), with HDR histograms and a health
+//!   probe; `ironsift bench-http` runs it against any deployment.
+//!
 //! Still to come (issue #7): the deterministic corpus generator and real-data loaders, fault
-//! injection (fail points, chaos layers), the load generator and stress scenarios, and shared
-//! proptest strategies.
+//! injection (fail points, chaos layers), stress scenarios and reports, and shared proptest
+//! strategies.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod http;
+pub mod load;
 mod process;
 
 pub use http::HttpResponse;
