@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, default_value = "10MiB", value_parser = parse_size)]
         max_file_size: u64,
         /// Lines per chunk; hits name the chunk's line range.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 500)]
         chunk_lines: usize,
         /// Include hidden files and folders.
         #[arg(long)]

@@ -26,7 +26,10 @@ pub const BINARY_SNIFF_BYTES: usize = 8192;
 pub struct IndexDirOptions {
     /// Files larger than this are skipped (default 10 MiB).
     pub max_file_bytes: u64,
-    /// Lines per chunk (default 200); a hit names its chunk's line range.
+    /// Lines per chunk (default 500); a hit names its chunk's line range and the line of its
+    /// first match. Each chunk is a document with the file's fields repeated, so smaller chunks
+    /// cost indexing speed: on the Linux tree, 200-line chunks (2.8 per file) index ~12% slower
+    /// than whole files, 500-line chunks (1.6 per file) ~3%.
     pub chunk_lines: usize,
     /// Index hidden files and folders (default false).
     pub hidden: bool,
@@ -41,7 +44,7 @@ impl Default for IndexDirOptions {
     fn default() -> Self {
         IndexDirOptions {
             max_file_bytes: 10 << 20,
-            chunk_lines: 200,
+            chunk_lines: 500,
             hidden: false,
             respect_ignore_files: true,
             follow_links: false,

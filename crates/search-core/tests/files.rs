@@ -163,7 +163,7 @@ fn large_files_are_skipped_or_chunked() {
     assert_eq!(r.files_indexed, 1, "{r:?}");
     assert_eq!(r.files_unchanged, 1, "{r:?}");
     let total_lines = n + 1;
-    assert_eq!(r.chunks, total_lines.div_ceil(200));
+    assert_eq!(r.chunks, total_lines.div_ceil(opts.chunk_lines as u64));
     let hits = idx
         .search(&SearchRequest::new("needle").highlight(true))
         .unwrap()
@@ -188,7 +188,11 @@ fn chunks_name_their_lines() {
         })
         .collect();
     fs::write(src.path().join("f.txt"), text).unwrap();
-    let r = run(&idx, src.path());
+    let opts = IndexDirOptions {
+        chunk_lines: 200,
+        ..Default::default()
+    };
+    let r = run_with(&idx, src.path(), &opts);
     assert_eq!(r.chunks, 3);
     let hit = &idx
         .search(&SearchRequest::new("platypus").highlight(true))
