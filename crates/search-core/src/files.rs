@@ -273,6 +273,9 @@ impl SearchIndex {
             // hide the whole tree); `.ignore` files apply everywhere.
             .require_git(true)
             .follow_links(opts.follow_links)
+            // Name order: deterministic document order, and neighbouring files (often alike)
+            // land in the same store blocks and segments.
+            .sort_by_file_name(|a, b| a.cmp(b))
             .build();
 
         let mut buf = Vec::new();
