@@ -13,6 +13,7 @@ mod error;
 mod listener;
 mod middleware;
 mod openapi;
+mod pool;
 mod routes;
 mod state;
 

@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// so clients leave their keep-alive connections) before the listener closes. Without it a
     /// client that reuses an idle connection just as it closes sees a reset (default 500 ms).
     pub drain_delay: Duration,
+    /// Threads running searches and reads (default: one per core).
+    pub search_threads: usize,
+    /// Searches that may wait for a thread before new ones are refused with 503.
+    pub search_queue: usize,
     /// Disk usage above which the service is unready (fraction, default 0.95).
     pub disk_critical: f64,
     /// Memory usage above which the service is unready (fraction of RAM, default 0.95).
@@ -46,6 +50,8 @@ impl Default for ServerConfig {
             protect_metrics: false,
             refresh_interval: Duration::from_secs(1),
             drain_delay: Duration::from_millis(500),
+            search_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            search_queue: 1024,
             disk_critical: 0.95,
             memory_critical: 0.95,
         }
@@ -102,6 +108,7 @@ pub(crate) struct Inner {
     pub(crate) health: Health,
     pub(crate) errors: ErrorReporter,
     pub(crate) metrics: Metrics,
+    pub(crate) search_pool: crate::pool::Pool,
 }
 
 /// Cheap-to-clone handle on the service state.
@@ -134,7 +141,14 @@ impl AppState {
                 }
             }
         }
+        let search_pool = crate::pool::Pool::new(
+            "ironsift-search",
+            config.search_threads,
+            config.search_queue,
+        )
+        .map_err(|e| format!("cannot start the search threads: {e}"))?;
         let state = AppState(Arc::new(Inner {
+            search_pool,
             catalog,
             config,
             indexes: RwLock::new(indexes),

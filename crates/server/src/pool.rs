@@ -1,0 +1,127 @@
+//! A fixed pool of threads for search work.
+//!
+//! `spawn_blocking` grows tokio's blocking pool up to hundreds of threads under load; with many
+//! concurrent searches on a 2-core machine the kernel then spends its time switching between
+//! them. Searches are CPU-bound, so a pool as wide as the cores does the same work with far
+//! fewer switches, and its bounded queue gives an honest "overloaded" answer instead of an
+//! ever-growing backlog.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use search_error::ErrorCode;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Threads running submitted closures; the queue holds at most `queue` waiting jobs.
+pub(crate) struct Pool {
+    tx: SyncSender<Job>,
+}
+
+impl Pool {
+    pub(crate) fn new(name: &str, threads: usize, queue: usize) -> std::io::Result<Pool> {
+        let threads = threads.max(1);
+        let (tx, rx) = sync_channel::<Job>(queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // every sender dropped: the pool is gone
+                        }
+                    }
+                })?;
+        }
+        Ok(Pool { tx })
+    }
+
+    /// Runs `f` on the pool, in the caller's tracing span. A full queue is an immediate
+    /// `Overloaded` error; a panic in `f` becomes an `Internal` error.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let span = tracing::Span::current();
+        let job: Job = Box::new(move || {
+            let _enter = span.enter();
+            let out = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+                tracing::error!("search task panicked");
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "internal error: the operation panicked; the index is unaffected",
+                ))
+            });
+            let _ = tx.send(out);
+        });
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Overloaded,
+                    "too many searches waiting; retry shortly",
+                )
+                .retry_after(1));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ApiError::new(ErrorCode::Unavailable, "search pool stopped"));
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Internal, "search task vanished")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_jobs_sheds_when_full_and_survives_panics() {
+        let pool = Arc::new(Pool::new("t", 1, 1).unwrap());
+        assert_eq!(pool.run(|| Ok(41 + 1)).await.unwrap(), 42);
+
+        let e = pool
+            .run(|| -> Result<(), ApiError> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+
+        // Block the only thread, fill the one queue slot, then the next job is refused.
+        let (release, wait) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<()>();
+        let p = pool.clone();
+        let busy = tokio::spawn(async move {
+            p.run(move || {
+                started_tx.send(()).unwrap();
+                wait.recv().unwrap();
+                Ok(())
+            })
+            .await
+        });
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.run(|| Ok(7)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = pool.run(|| Ok(0)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Overloaded);
+        assert_eq!(e.retry_after, Some(1));
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 7);
+    }
+}
