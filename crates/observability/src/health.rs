@@ -5,8 +5,8 @@
 //! on the work queues they report on, so readiness stays fast under load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -69,6 +69,42 @@ impl<F: Fn() -> Outcome + Send + Sync> HealthCheck for (&'static str, F) {
     }
     fn check(&self) -> Outcome {
         (self.1)()
+    }
+}
+
+/// A check whose outcome is reused for `ttl`: for checks that read the system (disk, memory)
+/// and change slowly, so a readiness probe under load costs an atomic read, not syscalls.
+pub struct Cached<C> {
+    inner: C,
+    ttl: Duration,
+    last: Mutex<Option<(Instant, Outcome)>>,
+}
+
+impl<C: HealthCheck> Cached<C> {
+    /// Wraps `inner`, reusing its outcome for `ttl`.
+    pub fn new(inner: C, ttl: Duration) -> Self {
+        Cached {
+            inner,
+            ttl,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<C: HealthCheck> HealthCheck for Cached<C> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn check(&self) -> Outcome {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, outcome)) = &*last {
+            if at.elapsed() < self.ttl {
+                return outcome.clone();
+            }
+        }
+        let outcome = self.inner.check();
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
     }
 }
 
@@ -198,6 +234,35 @@ mod tests {
         assert_eq!(r.status, "unready");
         assert_eq!(r.checks[0].detail, "disk gone");
         broken.store(false, Ordering::SeqCst);
+        h.set_shutting_down();
+        assert_eq!(h.report().status, "shutting_down");
+    }
+
+    #[test]
+    fn cached_checks_reuse_their_outcome_for_the_ttl() {
+        use std::sync::atomic::AtomicU32;
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let cached = Cached::new(
+            ("disk", move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                Outcome::pass("ok")
+            }),
+            Duration::from_millis(200),
+        );
+        for _ in 0..5 {
+            assert_eq!(cached.check().status, Status::Pass);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        std::thread::sleep(Duration::from_millis(250));
+        cached.check();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cached.name(), "disk");
+    }
+
+    #[test]
+    fn shutdown_status_is_sticky() {
+        let h = Health::new();
         h.set_shutting_down();
         assert_eq!(h.report().status, "shutting_down");
     }

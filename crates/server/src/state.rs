@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use observability::errors::ErrorReporter;
-use observability::health::{Health, Outcome};
+use observability::health::{Cached, Health, Outcome};
 use observability::metrics::Metrics;
 use search_core::{Catalog, CoreError, IndexKind, SchemaSpec, SearchIndex};
 use search_error::ErrorCode;
