@@ -338,45 +338,46 @@ impl AppState {
                 Outcome::fail(format!("commit failing: {}", failing.join("; ")))
             }
         })));
+        // Disk and memory change slowly; reading them once a second keeps /readyz cheap under
+        // load while still catching a filling disk within a second.
+        let ttl = std::time::Duration::from_secs(1);
         let root = self.data_dir();
         let critical = self.0.config.disk_critical;
-        self.0
-            .health
-            .register(Arc::new(("disk", move || match fs4::statvfs(&root) {
-                Ok(s) if s.total_space() > 0 => {
-                    let used = 1.0 - s.available_space() as f64 / s.total_space() as f64;
-                    let detail = format!(
-                        "{:.1}% used, {} MiB available",
-                        used * 100.0,
-                        s.available_space() >> 20
-                    );
-                    if used >= critical {
-                        Outcome::fail(detail)
-                    } else if used >= critical - 0.10 {
-                        Outcome::warn(detail)
-                    } else {
-                        Outcome::pass(detail)
-                    }
+        let disk = ("disk", move || match fs4::statvfs(&root) {
+            Ok(s) if s.total_space() > 0 => {
+                let used = 1.0 - s.available_space() as f64 / s.total_space() as f64;
+                let detail = format!(
+                    "{:.1}% used, {} MiB available",
+                    used * 100.0,
+                    s.available_space() >> 20
+                );
+                if used >= critical {
+                    Outcome::fail(detail)
+                } else if used >= critical - 0.10 {
+                    Outcome::warn(detail)
+                } else {
+                    Outcome::pass(detail)
                 }
-                Ok(_) => Outcome::warn("file system reports no size"),
-                Err(e) => Outcome::fail(format!("{}: {e}", root.display())),
-            })));
+            }
+            Ok(_) => Outcome::warn("file system reports no size"),
+            Err(e) => Outcome::fail(format!("{}: {e}", root.display())),
+        });
+        self.0.health.register(Arc::new(Cached::new(disk, ttl)));
         let critical = self.0.config.memory_critical;
-        self.0
-            .health
-            .register(Arc::new(("memory", move || match memory_used_fraction() {
-                Some(used) => {
-                    let detail = format!("{:.1}% of RAM used", used * 100.0);
-                    if used >= critical {
-                        Outcome::fail(detail)
-                    } else if used >= critical - 0.10 {
-                        Outcome::warn(detail)
-                    } else {
-                        Outcome::pass(detail)
-                    }
+        let memory = ("memory", move || match memory_used_fraction() {
+            Some(used) => {
+                let detail = format!("{:.1}% of RAM used", used * 100.0);
+                if used >= critical {
+                    Outcome::fail(detail)
+                } else if used >= critical - 0.10 {
+                    Outcome::warn(detail)
+                } else {
+                    Outcome::pass(detail)
                 }
-                None => Outcome::warn("/proc/meminfo unavailable"),
-            })));
+            }
+            None => Outcome::warn("/proc/meminfo unavailable"),
+        });
+        self.0.health.register(Arc::new(Cached::new(memory, ttl)));
     }
 }
 
