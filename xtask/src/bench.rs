@@ -6,15 +6,15 @@ use std::time::{Instant, SystemTime};
 
 use crate::{Result, absolute, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
 
-struct Options {
-    quick: bool,
-    data: PathBuf,
-    check: bool,
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) data: PathBuf,
+    pub(crate) check: bool,
     /// Passed to the bench binary after `--` (Criterion filters and flags).
-    criterion_args: Vec<String>,
+    pub(crate) criterion_args: Vec<String>,
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
+pub(crate) fn parse_args(args: &[String]) -> Result<Options> {
     let env_quick = std::env::var("IRONSIFT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut quick = env_quick;
     let mut check = false;
@@ -58,10 +58,10 @@ fn parse_args(args: &[String]) -> Result<Options> {
 /// Keeps two `cargo xtask bench` runs apart: they would share Criterion's result folder and
 /// the notes file, and each would slow the other down. A lock left by a dead process is taken
 /// over (checked through /proc where it exists).
-struct RunLock(PathBuf);
+pub(crate) struct RunLock(PathBuf);
 
 impl RunLock {
-    fn acquire(path: &std::path::Path) -> Result<RunLock> {
+    pub(crate) fn acquire(path: &std::path::Path) -> Result<RunLock> {
         use std::io::Write as _;
         for _ in 0..2 {
             match std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@
 //! with the workspace root as its working directory, whatever folder the alias was run from.
 
 mod bench;
+mod bench_http;
 mod corpus;
 mod json;
 mod report;
@@ -29,6 +30,12 @@ Commands:
       --quick               Documentation/ only and 2,000 queries (a few minutes)
       --data DIR            corpus folder (default: $IRONSIFT_BENCH_DATA or target/bench-data)
       --check               exit with status 2 if any comparison misses its target
+  bench-http [--quick] [--data DIR]
+                            build the release binary, index DIR/linux-docs.jsonl, run
+                            `ironsift serve` and load it with `ironsift bench-http` (closed loop,
+                            then open loop at half that rate) against plain Tantivy in-process
+                            search from the same run; write target/bench-report/http.{md,json}
+      --quick               3 s load runs and 2,000 baseline queries
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
   report                    rewrite the report from the latest Criterion results (no run)
   help                      this text
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Some("verify") if args.len() == 1 => verify::run(),
         Some("verify") => Err(format!("verify takes no arguments\n\n{HELP}")),
         Some("bench") => bench::run(&args[1..]),
+        Some("bench-http") => bench_http::run(&args[1..]),
         Some("corpus") => bench::corpus_only(&args[1..]),
         Some("report") if args.len() == 1 => bench::report_only(),
         Some("report") => Err(format!("report takes no arguments\n\n{HELP}")),

@@ -78,10 +78,10 @@ const COMPARISONS: &[Comparison] = &[
 ];
 
 /// One function's result.
-struct Measured {
-    median_ns: f64,
+pub(crate) struct Measured {
+    pub(crate) median_ns: f64,
     /// Bytes or queries per iteration, as declared to Criterion.
-    per_iteration: f64,
+    pub(crate) per_iteration: f64,
 }
 
 impl Measured {
@@ -128,7 +128,12 @@ pub(crate) struct Report {
 }
 
 /// Reads `<home>/<group>/<function>/new/{estimates,benchmark}.json`, if written after `since`.
-fn read_measured(home: &Path, group: &str, function: &str, since: SystemTime) -> Result<Measured> {
+pub(crate) fn read_measured(
+    home: &Path,
+    group: &str,
+    function: &str,
+    since: SystemTime,
+) -> Result<Measured> {
     let dir = home.join(group).join(function).join("new");
     let estimates = dir.join("estimates.json");
     let modified = std::fs::metadata(&estimates)
