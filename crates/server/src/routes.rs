@@ -483,21 +483,34 @@ struct SearchBody<'a> {
 async fn run_search(state: AppState, name: String, req: SearchRequest) -> ApiResult {
     let started = Instant::now();
     let entry = state.entry(&name)?;
-    let resp = state
+    // Serializing a page of documents is as much work as finding them: it happens on the
+    // search pool too, so the async threads stay free for /readyz, /livez and I/O.
+    let body = state
         .0
         .search_pool
-        .run(move || Ok(entry.index.search(&req)?))
+        .run(move || {
+            let resp = entry.index.search(&req)?;
+            sonic_rs::to_vec(&SearchBody {
+                hits: &resp.hits,
+                total: resp.total,
+                took_ms: started.elapsed().as_secs_f64() * 1e3,
+                timed_out: false,
+                degraded: false,
+            })
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!("response encoding failed: {e}"),
+                )
+            })
+        })
         .await?;
-    Ok(json(
-        StatusCode::OK,
-        &SearchBody {
-            hits: &resp.hits,
-            total: resp.total,
-            took_ms: started.elapsed().as_secs_f64() * 1e3,
-            timed_out: false,
-            degraded: false,
-        },
-    ))
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 async fn search_get(
