@@ -17,6 +17,9 @@ use crate::error::ApiError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// How much lower than the rest of the process the search threads run.
+const NICE: i32 = 5;
+
 /// Threads running submitted closures; the queue holds at most `queue` waiting jobs.
 pub(crate) struct Pool {
     tx: SyncSender<Job>,
@@ -32,6 +35,10 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    // Searches yield the CPU to the async threads (health probes, accepting,
+                    // socket I/O): on Linux `nice` applies to the calling thread only. Failing
+                    // to lower our own priority is harmless.
+                    let _ = rustix::process::nice(NICE);
                     loop {
                         let job = {
                             let guard = rx.lock().unwrap_or_else(|p| p.into_inner());

@@ -287,27 +287,41 @@ pub async fn run(cfg: LoadConfig) -> io::Result<LoadReport> {
             (hist, counts)
         }));
     }
+    // The probe runs on its own thread and runtime, like a health checker in another process:
+    // its latency is then the server's, not the time it waited behind our own load workers.
     let probe = cfg.probe.clone().map(|path| {
         let cfg = cfg.clone();
-        tokio::spawn(async move {
-            let mut conn = Conn::new(cfg.addr);
-            let mut hist = histogram();
-            let mut tick = tokio::time::interval(cfg.probe_interval);
-            loop {
-                tick.tick().await;
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                let outcome = conn.get(&path, cfg.request_timeout).await;
-                if sent >= measure_from {
-                    if let Outcome::Status(_) = outcome {
-                        let _ = hist.record(us(sent.elapsed()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(_) => return,
+            };
+            let hist = rt.block_on(async move {
+                let mut conn = Conn::new(cfg.addr);
+                let mut hist = histogram();
+                let mut tick = tokio::time::interval(cfg.probe_interval);
+                loop {
+                    tick.tick().await;
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let outcome = conn.get(&path, cfg.request_timeout).await;
+                    if sent >= measure_from {
+                        if let Outcome::Status(_) = outcome {
+                            let _ = hist.record(us(sent.elapsed()));
+                        }
                     }
                 }
-            }
-            hist
-        })
+                hist
+            });
+            let _ = tx.send(hist);
+        });
+        rx
     });
 
     let mut hist = histogram();
