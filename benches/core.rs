@@ -355,9 +355,21 @@ fn plain_json_schema() -> JsonSchema {
 /// Parses each line with serde_json and adds `_id`, `title`, `text`; commits. Returns the index
 /// and its writer (merges still running) and the number of documents.
 fn plain_index_json(jsonl: &Path, dest: &Path) -> tantivy::Result<(Index, IndexWriter, u64)> {
+    plain_index_json_with(jsonl, dest, None)
+}
+
+/// [`plain_index_json`] with a fixed number of writer threads (`None`: Tantivy's default).
+fn plain_index_json_with(
+    jsonl: &Path,
+    dest: &Path,
+    threads: Option<usize>,
+) -> tantivy::Result<(Index, IndexWriter, u64)> {
     let s = plain_json_schema();
     let index = Index::create_in_dir(dest, s.schema.clone())?;
-    let mut writer: IndexWriter = index.writer(HEAP_BYTES)?;
+    let mut writer: IndexWriter = match threads {
+        Some(n) => index.writer_with_num_threads(n, HEAP_BYTES)?,
+        None => index.writer(HEAP_BYTES)?,
+    };
     let mut input = BufReader::new(fs::File::open(jsonl)?);
     let mut line = String::new();
     let mut docs = 0;
@@ -399,7 +411,16 @@ fn ironsift_index_json(
     dest: &Path,
     spec: Option<SchemaSpec>,
 ) -> Result<(SearchIndex, search_core::IngestReport), Box<dyn std::error::Error>> {
-    let index = Catalog::open(dest)?.create("b", IndexKind::Documents, spec)?;
+    ironsift_index_json_with(jsonl, dest, spec, search_core::IndexConfig::default())
+}
+
+fn ironsift_index_json_with(
+    jsonl: &Path,
+    dest: &Path,
+    spec: Option<SchemaSpec>,
+    config: search_core::IndexConfig,
+) -> Result<(SearchIndex, search_core::IngestReport), Box<dyn std::error::Error>> {
+    let index = Catalog::with_config(dest, config)?.create("b", IndexKind::Documents, spec)?;
     let input = BufReader::new(fs::File::open(jsonl)?);
     let report = index.ingest_ndjson(input)?;
     index.commit()?;
@@ -641,7 +662,10 @@ struct SearchSetup {
 
 fn build_search_setup(jsonl: &Path) -> SearchSetup {
     let (plain_dir, iron_dir) = (scratch(), scratch());
-    let (index, writer, _) = plain_index_json(jsonl, plain_dir.path()).expect("plain indexes");
+    // One writer thread on both sides: the same documents then land in the same segment and
+    // order, so equal scores tie-break the same way and the top-10 ids can be compared exactly.
+    let (index, writer, _) =
+        plain_index_json_with(jsonl, plain_dir.path(), Some(1)).expect("plain indexes");
     writer.wait_merging_threads().expect("merges finish");
     let reader: IndexReader = index
         .reader_builder()
@@ -650,8 +674,13 @@ fn build_search_setup(jsonl: &Path) -> SearchSetup {
         .expect("plain reader");
     let s = plain_json_schema();
     let parser = QueryParser::for_index(&index, vec![s.title, s.text]);
-    let (iron, _) = ironsift_index_json(jsonl, iron_dir.path(), Some(explicit_spec()))
-        .expect("ironsift ingests");
+    let one_thread = search_core::IndexConfig {
+        writer_threads: Some(1),
+        ..search_core::IndexConfig::default()
+    };
+    let (iron, _) =
+        ironsift_index_json_with(jsonl, iron_dir.path(), Some(explicit_spec()), one_thread)
+            .expect("ironsift ingests");
     // Let merges finish and become visible, as on the plain side, so both search the same
     // settled segments.
     iron.close_writer();
