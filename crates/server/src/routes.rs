@@ -349,7 +349,12 @@ fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
                         ),
                     )
                 }),
-            Some(b'{') | None => Ok(Body::Lines),
+            // One object (possibly pretty-printed over several lines), or JSON lines.
+            Some(b'{') => match serde_json::from_slice::<Value>(body) {
+                Ok(one) => Ok(Body::Array(vec![one])),
+                Err(_) => Ok(Body::Lines),
+            },
+            None => Ok(Body::Lines),
             Some(_) => Err(ApiError::new(
                 ErrorCode::InvalidInput,
                 "expected a JSON array of objects or JSON lines (one object per line)",

@@ -219,6 +219,33 @@ both_transports! {
             .contains("malformed JSON")
     );
 
+    // A single pretty-printed object is one document, not one bad line per line.
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes/docs/documents?refresh=wait_for",
+            Some("application/json"),
+            "{\n  \"id\": \"p\",\n  \"title\": \"pretty printed\"\n}\n",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.body["indexed"].as_u64(), r.body["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{}",
+        r.text
+    );
+    let r = a
+        .send(
+            "DELETE",
+            "/v1/indexes/docs/documents/p?refresh=wait_for",
+            None,
+            Body::empty(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
     let r = a
         .get("/v1/indexes/docs/search?q=search&highlight=true")
         .await;
