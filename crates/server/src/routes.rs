@@ -66,18 +66,21 @@ pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A response with an already encoded JSON body.
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut r = (status, bytes).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     // sonic-rs escapes strings with SIMD: search answers are mostly document text, and
     // escaping it byte by byte was a sixth of the server's CPU under load.
     match sonic_rs::to_vec(body) {
-        Ok(bytes) => {
-            let mut r = (status, bytes).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+        Ok(bytes) => json_bytes(status, bytes),
         Err(e) => ApiError::new(
             ErrorCode::Internal,
             format!("response encoding failed: {e}"),
@@ -510,12 +513,7 @@ async fn run_search(state: AppState, name: String, req: SearchRequest) -> ApiRes
             })
         })
         .await?;
-    let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
+    Ok(json_bytes(StatusCode::OK, body))
 }
 
 async fn search_get(
