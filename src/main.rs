@@ -19,6 +19,9 @@ use ironsift::{
     Engine, Highlight, Hit, IndexDirOptions, IndexKind, SchemaSpec, SearchIndex, SearchRequest,
 };
 
+/// Writer memory when neither a flag nor a config file sets it.
+pub(crate) const DEFAULT_HEAP_MB: usize = 256;
+
 /// Exit code when a batch was applied but some input lines were rejected.
 const EXIT_PARTIAL: u8 = 3;
 
@@ -39,9 +42,9 @@ struct Cli {
     /// Index to work on [default: default].
     #[arg(long, short = 'i', global = true, env = "IRONSIFT_INDEX")]
     index: Option<String>,
-    /// Writer memory in MiB (split among writer threads; at least 15 MiB per thread).
-    #[arg(long, global = true, default_value_t = 256, value_name = "MIB")]
-    heap_mb: usize,
+    /// Writer memory in MiB, split among writer threads (at least 15 MiB each) [default: 256].
+    #[arg(long, global = true, value_name = "MIB")]
+    heap_mb: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -189,7 +192,7 @@ fn data_dir(cli: &Cli) -> PathBuf {
 fn engine(cli: &Cli) -> Result<Engine> {
     Ok(Engine::builder()
         .data_dir(data_dir(cli))
-        .writer_heap_bytes(cli.heap_mb.max(15) << 20)
+        .writer_heap_bytes(cli.heap_mb.unwrap_or(DEFAULT_HEAP_MB).max(15) << 20)
         .build()?)
 }
 

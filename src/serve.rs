@@ -192,11 +192,10 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
     } else {
         args.search_keys.clone()
     };
-    let heap_mb = if cli.heap_mb != 256 {
-        cli.heap_mb
-    } else {
-        file.heap_mb.unwrap_or(256)
-    };
+    let heap_mb = cli
+        .heap_mb
+        .or(file.heap_mb)
+        .unwrap_or(crate::DEFAULT_HEAP_MB);
     let config = ServerConfig {
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
         admin_keys: admin_keys.into_iter().filter(|k| !k.is_empty()).collect(),

@@ -194,7 +194,7 @@ impl Catalog {
                 schema,
                 source: None,
             };
-            SearchIndex::create_in(name, &staging, &meta, &self.config)?;
+            SearchIndex::create_in(name, &staging, &meta)?;
             meta.write(&staging)?;
             // rename(2) fails if `dir` was created meanwhile by another process: no clobbering.
             match fs::rename(&staging, &dir) {

@@ -189,10 +189,6 @@ fn io_error(e: ignore::Error) -> std::io::Error {
 impl SearchIndex {
     /// The `(size, mtime_ns)` of every file in the committed index, read from fast fields.
     fn indexed_files(&self) -> Result<HashMap<String, (u64, i64)>> {
-        let Layout::Files(f) = &self.layout else {
-            unreachable!("checked by caller")
-        };
-        let _ = f;
         let err = |e| CoreError::tantivy(&self.name, "read file list", e);
         let searcher = self.reader.searcher();
         let mut out = HashMap::new();

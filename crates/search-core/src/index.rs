@@ -128,12 +128,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SearchIndex {
-    pub(crate) fn create_in(
-        name: &str,
-        dir: &Path,
-        meta: &IndexMeta,
-        _config: &IndexConfig,
-    ) -> Result<()> {
+    pub(crate) fn create_in(name: &str, dir: &Path, meta: &IndexMeta) -> Result<()> {
         let (schema, _) = build_schema(meta.kind, meta.schema.as_ref())?;
         let tdir = dir.join(TANTIVY_DIR);
         let mmap = MmapDirectory::open(&tdir)

@@ -351,13 +351,7 @@ impl AppState {
                     used * 100.0,
                     s.available_space() >> 20
                 );
-                if used >= critical {
-                    Outcome::fail(detail)
-                } else if used >= critical - 0.10 {
-                    Outcome::warn(detail)
-                } else {
-                    Outcome::pass(detail)
-                }
+                usage_outcome(used, critical, detail)
             }
             Ok(_) => Outcome::warn("file system reports no size"),
             Err(e) => Outcome::fail(format!("{}: {e}", root.display())),
@@ -366,18 +360,22 @@ impl AppState {
         let critical = self.0.config.memory_critical;
         let memory = ("memory", move || match memory_used_fraction() {
             Some(used) => {
-                let detail = format!("{:.1}% of RAM used", used * 100.0);
-                if used >= critical {
-                    Outcome::fail(detail)
-                } else if used >= critical - 0.10 {
-                    Outcome::warn(detail)
-                } else {
-                    Outcome::pass(detail)
-                }
+                usage_outcome(used, critical, format!("{:.1}% of RAM used", used * 100.0))
             }
             None => Outcome::warn("/proc/meminfo unavailable"),
         });
         self.0.health.register(Arc::new(Cached::new(memory, ttl)));
+    }
+}
+
+/// Fail at or above `critical` (a fraction in use), warn within 10 points of it, else pass.
+fn usage_outcome(used: f64, critical: f64, detail: String) -> Outcome {
+    if used >= critical {
+        Outcome::fail(detail)
+    } else if used >= critical - 0.10 {
+        Outcome::warn(detail)
+    } else {
+        Outcome::pass(detail)
     }
 }
 
