@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use testkit::rng::Rng;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use search_core::{Catalog, IndexDirOptions, IndexKind, SchemaSpec, SearchIndex, SearchRequest};
@@ -115,21 +116,6 @@ struct Generated {
     _dir: tempfile::TempDir,
     files: PathBuf,
     jsonl: PathBuf,
-}
-
-/// A tiny deterministic PRNG (xorshift64*): no `rand` dependency, same corpus everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 fn generated() -> &'static Generated {

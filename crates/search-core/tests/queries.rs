@@ -6,6 +6,7 @@ use search_core::tantivy::{self, collector::TopDocs, query::QueryParser, schema:
 use search_core::{Catalog, IndexConfig, IndexKind, SchemaSpec, SearchIndex, SearchRequest};
 use search_error::{Classify, ErrorCode};
 use serde_json::json;
+use testkit::rng::Rng;
 
 fn small_index() -> (tempfile::TempDir, SearchIndex) {
     let data = tempfile::tempdir().unwrap();
@@ -199,22 +200,6 @@ fn small_index_cached() -> (&'static (), &'static SearchIndex) {
     (&(), idx)
 }
 
-/// A small deterministic PRNG (xorshift64*), so the corpus is the same on every machine.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Zipf-like rank in 0..n: heavy head, long tail.
-    fn zipf(&mut self, n: usize) -> usize {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        (((n as f64 + 1.0).powf(u) - 1.0) as usize).min(n - 1)
-    }
-}
-
 fn web_queries() -> Vec<String> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -240,7 +225,7 @@ fn top10_matches_plain_tantivy_on_web_queries() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     // Shuffle the vocabulary deterministically so Zipf ranks are not alphabetical.
     for i in (1..vocab.len()).rev() {
-        vocab.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        vocab.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     let docs: Vec<(String, String, String)> = (0..3_000)
         .map(|i| {

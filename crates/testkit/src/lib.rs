@@ -13,6 +13,8 @@
 //!   latency from the due time so stalls are not hidden), with HDR histograms and a health
 //!   probe; `ironsift bench-http` runs it against any deployment.
 //!
+//! - [`rng`]: a deterministic PRNG (uniform and Zipf draws) for generated corpora.
+//!
 //! Still to come (issue #7): the deterministic corpus generator and real-data loaders, fault
 //! injection (fail points, chaos layers), stress scenarios and reports, and shared proptest
 //! strategies.
@@ -21,6 +23,7 @@
 pub mod http;
 pub mod load;
 mod process;
+pub mod rng;
 
 pub use http::HttpResponse;
 pub use process::{
