@@ -1,7 +1,66 @@
 //! Measuring and bounding what the process holds.
 //!
-//! This crate will own the memory monitor (real RSS and cgroup v2 figures, a budget with warn and
-//! critical levels), the registry of RAII-tracked resources used for leak checks, pools built on
-//! deadpool, and the background maintenance scheduler with per-job statistics. Its content lands
-//! with issue #6; the crate is intentionally empty until then.
+//! - [`memory`]: real memory figures (statm RSS and anonymous memory, cgroup v2 with a v1
+//!   fallback, `/proc/meminfo`), a [`MemoryBudget`] with warn and critical levels, the pure
+//!   [`LevelTracker`] state machine with hysteresis, and the [`MemoryMonitor`] that samples on an
+//!   interval, publishes on a `watch` channel and runs registered actions on level changes.
+//! - [`registry`]: the [`ResourceRegistry`] of RAII-tracked resources ([`TrackedResource`]) with
+//!   per-kind live counts, bytes and oldest age, plus open descriptors and threads; baselines and
+//!   diffs make leak checks one assertion.
+//! - [`pool`]: a [`Pool`] over `deadpool::managed` adding an acquire timeout, maximum lifetime,
+//!   idle timeout, a health check at recycle time, metrics and a serializable status.
+//! - [`scheduler`]: the background maintenance [`Scheduler`]: fixed intervals with jitter or
+//!   cron expressions ([`cron`]), single-flight runs, per-job timeouts, panics contained, bounded
+//!   shutdown and per-job statistics.
+//! - [`procfs`]: the `/proc` and cgroup parsers behind the figures, testable on fixture text.
+//!
+//! Nothing here knows Tantivy or HTTP: the server wires these to its indexes and admin routes.
+//! Errors are [`Error`] (and the generic [`PoolError`]), both classified with
+//! [`search_error::Classify`].
 #![warn(missing_docs, unreachable_pub)]
+
+//pub mod cron;
+mod error;
+pub mod memory;
+//pub mod pool;
+pub mod procfs;
+pub mod registry;
+//pub mod scheduler;
+
+pub use error::Error;
+pub use memory::{
+    AllocatorReading, AllocatorStats, BudgetSource, LevelTracker, MemoryBudget, MemoryLevel,
+    MemoryMonitor, MemoryReading, MemoryStatus, Transition,
+};
+//pub use pool::{Pool, PoolBuilder, PoolConfig, PoolError, PoolStatus, Pooled};
+pub use registry::{RegistryDiff, RegistrySnapshot, ResourceRegistry, TrackedResource};
+//pub use scheduler::{JobSpec, JobStats, Schedule, Scheduler};
+
+/// Names of the metrics this crate records (for the exporter's descriptions).
+pub mod metric_names {
+    /// Gauge: resident set size of the process, in bytes.
+    pub const MEMORY_RSS: &str = "ironsift_memory_rss_bytes";
+    /// Gauge: the figure compared with the budget (anonymous resident + accounted), in bytes.
+    pub const MEMORY_USED: &str = "ironsift_memory_used_bytes";
+    /// Gauge: the memory budget, in bytes.
+    pub const MEMORY_BUDGET: &str = "ironsift_memory_budget_bytes";
+    /// Gauge: the memory level, 0 normal, 1 warn, 2 critical.
+    pub const MEMORY_LEVEL: &str = "ironsift_memory_level";
+    /// Counter: memory level changes, by `to`.
+    pub const MEMORY_TRANSITIONS: &str = "ironsift_memory_level_transitions_total";
+    /// Histogram: time to acquire a pooled object, by `pool`, in seconds.
+    pub const POOL_ACQUIRE: &str = "ironsift_pool_acquire_seconds";
+    /// Counter: acquisitions that timed out, by `pool`.
+    pub const POOL_TIMEOUTS: &str = "ironsift_pool_timeouts_total";
+    /// Gauge: objects in the pool (in use or idle), by `pool`.
+    pub const POOL_SIZE: &str = "ironsift_pool_size";
+    /// Gauge: idle objects ready to hand out, by `pool`.
+    pub const POOL_AVAILABLE: &str = "ironsift_pool_available";
+    /// Gauge: callers waiting for an object, by `pool`.
+    pub const POOL_WAITING: &str = "ironsift_pool_waiting";
+    /// Counter: runs of background tasks, by `task` and `outcome`
+    /// (`ok`, `error`, `timeout`, `panic`, `skipped`).
+    pub const TASK_RUNS: &str = "ironsift_task_runs_total";
+    /// Histogram: duration of background task runs, by `task`, in seconds.
+    pub const TASK_DURATION: &str = "ironsift_task_duration_seconds";
+}
