@@ -1,8 +1,55 @@
 //! Keeping a service up under faults and overload, independent of what it serves.
 //!
-//! This crate will own the circuit breaker, retry with jittered backoff and a retry budget,
-//! deadlines, per-client rate limiting, admission control and load shedding, degradation and panic
-//! isolation, each as a tower layer that is also usable around any async call. It knows nothing
-//! of Tantivy or HTTP. Its content lands with issue #4; until then the crate is intentionally
-//! empty rather than holding a naive version that would have to be unlearned.
+//! Every piece works alone around any call (async or blocking) and as a tower layer
+//! ([`layer`]); none knows Tantivy or HTTP. Rejections and failures come back as
+//! [`ResilienceError`], which implements [`search_error::Classify`] so the HTTP layer maps them
+//! like any other error, and each rejection tells the caller when to come back
+//! ([`ResilienceError::retry_after`]).
+//!
+//! - [`breaker`]: circuit breaker (count or time window, failure and slow-call rates, minimum
+//!   calls, consecutive failures, exponential open wait with jitter, bounded half-open probes
+//!   with a probe timeout); lock-free when closed; permits for blocking work; snapshots and a
+//!   registry for health and admin endpoints.
+//! - [`retry`]: capped exponential backoff with None/Full/Equal/Decorrelated jitter,
+//!   `Retry-After` hints, `max_elapsed`, and a shared [`RetryBudget`] that bounds retries to a
+//!   fraction of recent traffic.
+//! - [`ratelimit`]: per-key GCRA (governor) over a memory-bounded, sharded key table.
+//! - [`bulkhead`]: bounded concurrency and queue; sheds at once when the queue is full or the
+//!   deadline cannot be met (EWMA wait estimate); expired waiters leave the queue.
+//! - [`timeout`]: [`Deadline`] and timeouts that count `ironsift_timeouts_total{operation}`.
+//! - [`panic`]: panics in closures and futures become [`Panicked`] errors.
+//! - [`cache`]: byte-bounded LRU for serving the last good answer when degraded.
+//! - [`clock`]: injectable time ([`ManualClock`], [`TokioClock`]) for deterministic tests.
+//!
+//! Metric handles are resolved when a component is built: install the metrics recorder first.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod breaker;
+pub mod bulkhead;
+pub mod cache;
+pub mod clock;
+mod error;
+pub mod layer;
+pub mod panic;
+pub mod ratelimit;
+pub mod retry;
+pub mod timeout;
+
+pub use breaker::{
+    BreakerConfig, BreakerOpen, BreakerPermit, BreakerRegistry, BreakerSnapshot, BreakerState,
+    CircuitBreaker, OpenWait, Outcome, OwnedBreakerPermit, SlidingWindow,
+};
+pub use bulkhead::{Bulkhead, BulkheadPermit, BulkheadSnapshot, RejectReason, Rejected};
+pub use cache::{CacheStats, ResultCache, Weighted};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use error::{ConfigError, ResilienceError};
+pub use layer::{
+    BulkheadLayer, CatchPanicLayer, CircuitBreakerLayer, RateLimitLayer, TimeoutLayer,
+};
+pub use panic::{CatchPanic, Panicked, catch_panic, catch_panic_blocking};
+pub use ratelimit::{KeyedRateLimiter, Quota, RateLimited, quota_per_second};
+pub use retry::{
+    Backoff, DefaultClassifier, HintedClassifier, Jitter, Retry, RetryBudget, RetryClassifier,
+    RetryDecision, RetryPolicy,
+};
+pub use timeout::{Deadline, Elapsed, with_deadline, with_timeout};
