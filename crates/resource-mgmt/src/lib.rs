@@ -19,13 +19,13 @@
 //! [`search_error::Classify`].
 #![warn(missing_docs, unreachable_pub)]
 
-//pub mod cron;
+pub mod cron;
 mod error;
 pub mod memory;
 //pub mod pool;
 pub mod procfs;
 pub mod registry;
-//pub mod scheduler;
+pub mod scheduler;
 
 pub use error::Error;
 pub use memory::{
@@ -34,7 +34,7 @@ pub use memory::{
 };
 //pub use pool::{Pool, PoolBuilder, PoolConfig, PoolError, PoolStatus, Pooled};
 pub use registry::{RegistryDiff, RegistrySnapshot, ResourceRegistry, TrackedResource};
-//pub use scheduler::{JobSpec, JobStats, Schedule, Scheduler};
+pub use scheduler::{JobSpec, JobStats, Schedule, Scheduler};
 
 /// Names of the metrics this crate records (for the exporter's descriptions).
 pub mod metric_names {
