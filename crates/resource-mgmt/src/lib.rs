@@ -22,7 +22,7 @@
 pub mod cron;
 mod error;
 pub mod memory;
-//pub mod pool;
+pub mod pool;
 pub mod procfs;
 pub mod registry;
 pub mod scheduler;
@@ -32,7 +32,7 @@ pub use memory::{
     AllocatorReading, AllocatorStats, BudgetSource, LevelTracker, MemoryBudget, MemoryLevel,
     MemoryMonitor, MemoryReading, MemoryStatus, Transition,
 };
-//pub use pool::{Pool, PoolBuilder, PoolConfig, PoolError, PoolStatus, Pooled};
+pub use pool::{Pool, PoolBuilder, PoolConfig, PoolError, PoolStatus, Pooled};
 pub use registry::{RegistryDiff, RegistrySnapshot, ResourceRegistry, TrackedResource};
 pub use scheduler::{JobSpec, JobStats, Schedule, Scheduler};
 
