@@ -20,9 +20,9 @@ use std::path::PathBuf;
 
 #[doc(inline)]
 pub use search_core::{
-    Catalog, CoreError, DEFAULT_INDEX, FieldSpec, FieldType, Highlight, Hit, IndexConfig,
-    IndexDirOptions, IndexDirReport, IndexKind, IndexStats, IngestReport, QueryLimits, SchemaSpec,
-    SearchIndex, SearchRequest, SearchResponse,
+    Catalog, CoreError, DEFAULT_INDEX, Durability, FieldSpec, FieldType, Highlight, Hit,
+    IndexConfig, IndexDirOptions, IndexDirReport, IndexKind, IndexStats, IngestReport, QueryLimits,
+    SchemaSpec, SearchIndex, SearchRequest, SearchResponse,
 };
 #[doc(inline)]
 pub use search_error::{Classify, ErrorCode, Severity};

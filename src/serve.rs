@@ -67,6 +67,11 @@ pub(crate) struct ServeArgs {
     /// How often pending writes are committed [default: 1s].
     #[arg(long, env = "IRONSIFT_REFRESH_INTERVAL", value_parser = parse_duration)]
     refresh_interval: Option<Duration>,
+    /// When writes are acknowledged: `request` (after their write-ahead log record is fsynced;
+    /// concurrent writes share fsyncs) or `async` (at once; the log is fsynced at each commit,
+    /// so a machine crash can lose the last refresh interval) [default: request].
+    #[arg(long, env = "IRONSIFT_DURABILITY")]
+    durability: Option<ironsift::Durability>,
 }
 
 /// The TOML file: every key optional, unknown keys rejected (typos must not pass silently).
@@ -86,6 +91,7 @@ struct FileConfig {
     refresh_interval: Option<String>,
     drain_delay: Option<String>,
     heap_mb: Option<usize>,
+    durability: Option<String>,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -196,6 +202,13 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         .heap_mb
         .or(file.heap_mb)
         .unwrap_or(crate::DEFAULT_HEAP_MB);
+    let durability = match (args.durability, &file.durability) {
+        (Some(d), _) => d,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("config file: durability: {e}"))?,
+        (None, None) => ironsift::Durability::default(),
+    };
     let config = ServerConfig {
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
         admin_keys: admin_keys.into_iter().filter(|k| !k.is_empty()).collect(),
@@ -216,6 +229,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         &data,
         IndexConfig {
             writer_heap_bytes: heap_mb.max(15) << 20,
+            durability,
             ..IndexConfig::default()
         },
     )?;

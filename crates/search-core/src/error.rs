@@ -129,6 +129,35 @@ pub enum CoreError {
         /// The decoding error.
         detail: String,
     },
+    /// The write-ahead log holds a damaged record followed by acknowledged ones, or records are
+    /// missing: replaying it would silently lose writes, so the index refuses to open for
+    /// writing until it is repaired.
+    #[error(
+        "write-ahead log {} is damaged at byte {offset}: {detail}",
+        path.display()
+    )]
+    WalCorrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad record in it.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The write-ahead log could not be made durable (fsync failed): the write was not
+    /// acknowledged and must be retried.
+    #[error(
+        "write-ahead log {} could not be synced to disk ({detail}); the write was not saved, retry it",
+        path.display()
+    )]
+    WalSync {
+        /// The segment file.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+        /// Its errno, when the OS gave one (28 is ENOSPC: disk full).
+        errno: Option<i32>,
+    },
     /// Tantivy reported an error while operating on an index.
     #[error("index {index:?}: {op} failed: {source}")]
     Tantivy {
@@ -228,7 +257,13 @@ impl Classify for CoreError {
             CoreError::WriterLocked { .. } => ErrorCode::Conflict,
             CoreError::IndexClosed { .. } => ErrorCode::Unavailable,
             CoreError::Io { source, .. } => io_code(source),
-            CoreError::BadMetadata { .. } => ErrorCode::DataCorruption,
+            CoreError::BadMetadata { .. } | CoreError::WalCorrupt { .. } => {
+                ErrorCode::DataCorruption
+            }
+            CoreError::WalSync { errno, .. } => match errno {
+                Some(28 | 122) => ErrorCode::StorageFull,
+                _ => ErrorCode::Unavailable,
+            },
             CoreError::Tantivy { source, .. } => tantivy_code(source),
         }
     }

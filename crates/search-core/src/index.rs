@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -20,6 +20,7 @@ use crate::catalog::{IndexMeta, TANTIVY_DIR};
 use crate::error::{CoreError, Result};
 use crate::query::{QueryBuilder, QueryLimits};
 use crate::schema::{FieldType, IndexKind, Layout, SchemaSpec, build_schema};
+use crate::wal::{Durability, ReplayStats, WAL_DIR, Wal, WalOp, WalRecord};
 
 /// Settings for opening indexes.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct IndexConfig {
     /// decompressing the same block again for popular documents, at up to ~16 KiB of memory
     /// per block per segment.
     pub doc_cache_blocks: usize,
+    /// When writes to documents indexes are acknowledged (see [`Durability`]).
+    pub durability: Durability,
 }
 
 impl Default for IndexConfig {
@@ -45,6 +48,7 @@ impl Default for IndexConfig {
             writer_threads: None,
             query_limits: QueryLimits::default(),
             doc_cache_blocks: 512,
+            durability: Durability::Request,
         }
     }
 }
@@ -99,12 +103,33 @@ pub struct SearchIndex {
     pub(crate) queries: QueryBuilder,
     pub(crate) config: IndexConfig,
     writer: Mutex<WriterSlot>,
+    /// What the last opening of the write-ahead log replayed.
+    replay: Mutex<Option<ReplayStats>>,
+}
+
+/// The writer of an index and, for documents indexes, its write-ahead log: both held by
+/// whoever holds the writer lock.
+struct OpenWriter {
+    writer: IndexWriter,
+    wal: Option<Arc<Wal>>,
+}
+
+/// One write, converted and ready to log and apply.
+enum Prepared {
+    Upsert {
+        id: String,
+        json: Vec<u8>,
+        doc: TantivyDocument,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 /// The writer of an index handle: opened on first write, closed for good at shutdown.
 enum WriterSlot {
     Idle,
-    Open(Box<IndexWriter>),
+    Open(Box<OpenWriter>),
     /// [`SearchIndex::close_writer`] or [`SearchIndex::commit_and_close`] ran: writes through
     /// this handle fail with [`CoreError::IndexClosed`] instead of quietly reopening a writer
     /// whose documents nobody would commit.
@@ -168,6 +193,7 @@ impl SearchIndex {
             queries,
             config: config.clone(),
             writer: Mutex::new(WriterSlot::Idle),
+            replay: Mutex::new(None),
         })
     }
 
@@ -214,9 +240,14 @@ impl SearchIndex {
         &self,
         f: impl FnOnce(&mut IndexWriter) -> Result<T>,
     ) -> Result<T> {
+        self.with_open(|ow| f(&mut ow.writer))
+    }
+
+    /// Runs `f` with the writer and the log, opening both (and replaying the log) on first use.
+    fn with_open<T>(&self, f: impl FnOnce(&mut OpenWriter) -> Result<T>) -> Result<T> {
         let mut guard = lock(&self.writer);
         if matches!(*guard, WriterSlot::Idle) {
-            *guard = WriterSlot::Open(Box::new(self.open_writer()?));
+            *guard = WriterSlot::Open(Box::new(self.open_slot()?));
         }
         match &mut *guard {
             WriterSlot::Open(w) => f(w),
@@ -224,6 +255,148 @@ impl SearchIndex {
                 name: self.name.clone(),
             }),
         }
+    }
+
+    /// Opens the writer; for documents indexes also the log, applying again every record the
+    /// last commit does not cover, and committing them.
+    fn open_slot(&self) -> Result<OpenWriter> {
+        let mut writer = self.open_writer()?;
+        if self.kind != IndexKind::Documents {
+            return Ok(OpenWriter { writer, wal: None });
+        }
+        let committed = self.committed_wal_seq()?;
+        let started = std::time::Instant::now();
+        let (wal, stats) = Wal::open(&self.dir.join(WAL_DIR), committed, |seq, record| {
+            match record {
+                WalRecord::Upsert { id, json } => {
+                    let value: Value =
+                        serde_json::from_slice(&json).map_err(|e| CoreError::WalCorrupt {
+                            path: self.dir.join(WAL_DIR),
+                            offset: 0,
+                            detail: format!("record {seq} holds invalid JSON: {e}"),
+                        })?;
+                    let (_, doc) = self.json_to_doc(value, Some(id.clone())).map_err(|e| {
+                        CoreError::WalCorrupt {
+                            path: self.dir.join(WAL_DIR),
+                            offset: 0,
+                            detail: format!("record {seq} no longer fits the index: {e}"),
+                        }
+                    })?;
+                    writer.delete_term(self.id_term(&id));
+                    writer
+                        .add_document(doc)
+                        .map_err(|e| CoreError::tantivy(&self.name, "replay", e))?;
+                }
+                WalRecord::Delete { id } => {
+                    writer.delete_term(self.id_term(&id));
+                }
+            }
+            if seq % 10_000 == 0 {
+                tracing::info!(index = %self.name, record = seq, "replaying the write-ahead log");
+            }
+            Ok(())
+        })?;
+        if stats.replayed > 0 {
+            let covered = wal.written_seq();
+            commit_with_payload(&mut writer, Some(covered))
+                .map_err(|e| CoreError::tantivy(&self.name, "commit replayed writes", e))?;
+            wal.truncate_through(covered)?;
+            self.reload()?;
+            tracing::info!(
+                index = %self.name,
+                replayed = stats.replayed,
+                torn_bytes = stats.torn_bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "write-ahead log replayed and committed"
+            );
+        }
+        *lock(&self.replay) = Some(stats);
+        Ok(OpenWriter {
+            writer,
+            wal: Some(Arc::new(wal)),
+        })
+    }
+
+    /// The last log record the committed index covers (0: none).
+    fn committed_wal_seq(&self) -> Result<u64> {
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|e| CoreError::tantivy(&self.name, "read commit metadata", e))?;
+        Ok(metas
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .and_then(|v| v.get("wal_seq").and_then(Value::as_u64))
+            .unwrap_or(0))
+    }
+
+    /// Opens the writer now (for documents indexes: replays the write-ahead log and commits
+    /// what it held) instead of on the first write. Returns what the replay did.
+    pub fn recover(&self) -> Result<ReplayStats> {
+        self.with_open(|_| Ok(()))?;
+        Ok(lock(&self.replay).clone().unwrap_or_default())
+    }
+
+    /// Bytes held by the write-ahead log (0 until the writer is open).
+    pub fn wal_bytes(&self) -> u64 {
+        match &*lock(&self.writer) {
+            WriterSlot::Open(ow) => ow.wal.as_ref().map_or(0, |w| w.bytes()),
+            _ => 0,
+        }
+    }
+
+    /// Logs `ops` (one write, one fsync shared with concurrent writers under
+    /// [`Durability::Request`]) and applies them to the writer, in the same order under the
+    /// writer lock. Returns once they are as durable as the configuration promises.
+    fn apply(&self, ops: Vec<Prepared>) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let synced = self.with_open(|ow| {
+            let ticket = match &ow.wal {
+                Some(wal) => {
+                    let logged: Vec<WalOp<'_>> = ops
+                        .iter()
+                        .map(|op| match op {
+                            Prepared::Upsert { id, json, .. } => WalOp::Upsert { id, json },
+                            Prepared::Delete { id } => WalOp::Delete { id },
+                        })
+                        .collect();
+                    wal.append(&logged)?.map(|t| (wal.clone(), t))
+                }
+                None => None,
+            };
+            for op in ops {
+                match op {
+                    Prepared::Upsert { id, doc, .. } => {
+                        ow.writer.delete_term(self.id_term(&id));
+                        ow.writer
+                            .add_document(doc)
+                            .map_err(|e| CoreError::tantivy(&self.name, "add document", e))?;
+                    }
+                    Prepared::Delete { id } => {
+                        ow.writer.delete_term(self.id_term(&id));
+                    }
+                }
+            }
+            Ok(ticket)
+        })?;
+        if let (Some((wal, ticket)), Durability::Request) = (synced, self.config.durability) {
+            wal.sync_to(ticket)?;
+        }
+        Ok(())
+    }
+
+    /// Converts a JSON object for logging and indexing. `raw` is its text when the caller has
+    /// it (an NDJSON line), saving a serialization.
+    fn prepare_upsert(&self, doc: Value, raw: Option<&[u8]>) -> Result<Prepared> {
+        let json = match raw {
+            Some(r) => r.to_vec(),
+            None => serde_json::to_vec(&doc).map_err(|e| CoreError::invalid_doc(e.to_string()))?,
+        };
+        let (id, doc) = self.json_to_doc(doc, None)?;
+        Ok(Prepared::Upsert { id, json, doc })
     }
 
     fn open_writer(&self) -> Result<IndexWriter> {
@@ -246,21 +419,27 @@ impl SearchIndex {
     /// Makes every write so far durable in the index and visible to searches.
     /// Returns Tantivy's opstamp of the commit.
     pub fn commit(&self) -> Result<u64> {
-        let opstamp = self.with_writer(|w| {
-            w.commit()
-                .map_err(|e| CoreError::tantivy(&self.name, "commit", e))
-        })?;
+        let opstamp = self.with_open(|ow| self.commit_open(ow))?;
         self.reload()?;
         Ok(opstamp)
     }
 
-    /// Discards writes since the last commit.
-    pub fn rollback(&self) -> Result<()> {
-        self.with_writer(|w| {
-            w.rollback()
-                .map(|_| ())
-                .map_err(|e| CoreError::tantivy(&self.name, "rollback", e))
-        })
+    /// Syncs the log, commits with the log position the commit covers, then drops the log
+    /// segments the commit made unnecessary.
+    fn commit_open(&self, ow: &mut OpenWriter) -> Result<u64> {
+        let covered = match &ow.wal {
+            Some(wal) => Some(wal.sync_all()?),
+            None => None,
+        };
+        let opstamp = commit_with_payload(&mut ow.writer, covered)
+            .map_err(|e| CoreError::tantivy(&self.name, "commit", e))?;
+        if let (Some(wal), Some(seq)) = (&ow.wal, covered)
+            && let Err(e) = wal.truncate_through(seq)
+        {
+            // Harmless: covered records are skipped on replay; the next commit retries.
+            tracing::warn!(index = %self.name, error = %e, "could not drop committed log segments");
+        }
+        Ok(opstamp)
     }
 
     /// Releases the writer (and its lock) after waiting for its threads, and closes this handle
@@ -269,7 +448,7 @@ impl SearchIndex {
     pub fn close_writer(&self) {
         let mut guard = lock(&self.writer);
         if let WriterSlot::Open(w) = std::mem::replace(&mut *guard, WriterSlot::Closed) {
-            let _ = w.wait_merging_threads();
+            let _ = w.writer.wait_merging_threads();
         }
     }
 
@@ -280,11 +459,10 @@ impl SearchIndex {
     pub fn commit_and_close(&self) -> Result<()> {
         let mut guard = lock(&self.writer);
         if let WriterSlot::Open(w) = &mut *guard {
-            w.commit()
-                .map_err(|e| CoreError::tantivy(&self.name, "commit", e))?;
+            self.commit_open(w)?;
         }
         if let WriterSlot::Open(w) = std::mem::replace(&mut *guard, WriterSlot::Closed) {
-            let _ = w.wait_merging_threads();
+            let _ = w.writer.wait_merging_threads();
         }
         drop(guard);
         self.reload()
@@ -324,14 +502,50 @@ impl SearchIndex {
     /// Visible to searches after the next [`SearchIndex::commit`].
     pub fn upsert(&self, doc: Value) -> Result<String> {
         self.require_kind(IndexKind::Documents)?;
-        let (id, tdoc) = self.json_to_doc(doc)?;
-        let term = self.id_term(&id);
-        self.with_writer(|w| {
-            w.delete_term(term);
-            w.add_document(tdoc)
-                .map_err(|e| CoreError::tantivy(&self.name, "add document", e))
-        })?;
+        let op = self.prepare_upsert(doc, None)?;
+        let Prepared::Upsert { id, .. } = &op else {
+            unreachable!("prepare_upsert returns an upsert")
+        };
+        let id = id.clone();
+        self.apply(vec![op])?;
         Ok(id)
+    }
+
+    /// Upserts each element (a JSON object) of a batch: invalid ones are reported with their
+    /// 1-based number and the rest are written, logged together with one shared fsync.
+    pub fn upsert_many(&self, docs: Vec<Value>) -> Result<IngestReport> {
+        self.require_kind(IndexKind::Documents)?;
+        let mut report = IngestReport::default();
+        let mut ops = Vec::new();
+        let mut bytes = 0usize;
+        for (i, doc) in docs.into_iter().enumerate() {
+            match self.prepare_upsert(doc, None) {
+                Ok(op) => {
+                    if let Prepared::Upsert { json, .. } = &op {
+                        bytes += json.len();
+                    }
+                    ops.push(op);
+                }
+                Err(
+                    e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. }),
+                ) => {
+                    report.failed += 1;
+                    report.errors.push(LineError {
+                        line: i as u64 + 1,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+            if ops.len() >= BATCH_DOCS || bytes >= BATCH_BYTES {
+                report.indexed += ops.len() as u64;
+                self.apply(std::mem::take(&mut ops))?;
+                bytes = 0;
+            }
+        }
+        report.indexed += ops.len() as u64;
+        self.apply(ops)?;
+        Ok(report)
     }
 
     /// Reads JSON lines, upserting each object. A bad line is recorded with its number and
@@ -340,6 +554,8 @@ impl SearchIndex {
     pub fn ingest_ndjson(&self, input: impl BufRead) -> Result<IngestReport> {
         self.require_kind(IndexKind::Documents)?;
         let mut report = IngestReport::default();
+        let mut ops = Vec::new();
+        let mut bytes = 0usize;
         for (i, line) in input.split(b'\n').enumerate() {
             let line_no = i as u64 + 1;
             let line = line.map_err(|e| CoreError::io("<input>", e))?;
@@ -351,8 +567,16 @@ impl SearchIndex {
             let parsed: Result<Value> = serde_json::from_str(text).map_err(|e| {
                 CoreError::invalid_doc(format!("malformed JSON at column {}: {e}", e.column()))
             });
-            match parsed.and_then(|v| self.upsert(v)) {
-                Ok(_) => report.indexed += 1,
+            match parsed.and_then(|v| self.prepare_upsert(v, Some(text.as_bytes()))) {
+                Ok(op) => {
+                    bytes += text.len();
+                    ops.push(op);
+                    if ops.len() >= BATCH_DOCS || bytes >= BATCH_BYTES {
+                        report.indexed += ops.len() as u64;
+                        self.apply(std::mem::take(&mut ops))?;
+                        bytes = 0;
+                    }
+                }
                 Err(
                     e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. }),
                 ) => {
@@ -365,6 +589,8 @@ impl SearchIndex {
                 Err(other) => return Err(other),
             }
         }
+        report.indexed += ops.len() as u64;
+        self.apply(ops)?;
         Ok(report)
     }
 
@@ -372,11 +598,7 @@ impl SearchIndex {
     pub fn delete(&self, id: &str) -> Result<bool> {
         self.require_kind(IndexKind::Documents)?;
         let existed = self.get(id)?.is_some();
-        let term = self.id_term(id);
-        self.with_writer(|w| {
-            w.delete_term(term);
-            Ok(())
-        })?;
+        self.apply(vec![Prepared::Delete { id: id.to_string() }])?;
         Ok(existed)
     }
 
@@ -422,14 +644,19 @@ impl SearchIndex {
     }
 
     /// Turns a JSON object into a Tantivy document for this index's layout.
-    fn json_to_doc(&self, doc: Value) -> Result<(String, TantivyDocument)> {
+    /// `id`: the id decided when the document was first accepted (replay), else taken from
+    /// the document or generated.
+    fn json_to_doc(&self, doc: Value, id: Option<String>) -> Result<(String, TantivyDocument)> {
         let Value::Object(mut obj) = doc else {
             return Err(CoreError::invalid_doc(format!(
                 "expected a JSON object, found {}",
                 json_type(&doc)
             )));
         };
-        let id = extract_id(&obj)?;
+        let id = match id {
+            Some(id) => id,
+            None => extract_id(&obj)?,
+        };
         let mut tdoc = TantivyDocument::default();
         tdoc.add_text(self.layout.id(), &id);
         match &self.layout {
@@ -530,6 +757,19 @@ fn json_type(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// Writes logged and applied together by batch operations (one log write, one fsync).
+const BATCH_DOCS: usize = 2_000;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Commits, recording in Tantivy's commit payload the last log record the commit covers.
+fn commit_with_payload(writer: &mut IndexWriter, wal_seq: Option<u64>) -> tantivy::Result<u64> {
+    let mut prepared = writer.prepare_commit()?;
+    if let Some(seq) = wal_seq {
+        prepared.set_payload(&format!("{{\"wal_seq\":{seq}}}"));
+    }
+    prepared.commit()
 }
 
 /// Chunks of one file looked at by a get on a files index (a 10 MiB file of 200-line chunks

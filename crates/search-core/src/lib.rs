@@ -30,6 +30,7 @@ mod index;
 mod query;
 mod schema;
 mod search;
+mod wal;
 
 pub use catalog::{Catalog, DEFAULT_INDEX, IndexMeta, validate_index_name};
 pub use document::Document;
@@ -41,6 +42,7 @@ pub use index::{IndexConfig, IndexStats, IngestReport, LineError, MAX_ID_BYTES, 
 pub use query::QueryLimits;
 pub use schema::{ALL_FIELD, FieldSpec, FieldType, ID_FIELD, IndexKind, SOURCE_FIELD, SchemaSpec};
 pub use search::{Highlight, Hit, MAX_LIMIT, MAX_WINDOW, SearchRequest, SearchResponse};
+pub use wal::{Durability, ReplayStats};
 
 /// The Tantivy version this crate is built on, re-exported so callers build compatible queries.
 pub use tantivy;

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Json, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use search_core::{Hit, IndexKind, IngestReport, LineError, SchemaSpec, SearchRequest};
+use search_core::{Hit, IndexKind, SchemaSpec, SearchRequest};
 use search_error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -388,29 +388,12 @@ async fn add_documents(
     let parsed = classify_body(&headers, &body)?;
     let report = blocking(move || {
         let report = match parsed {
-            Body::Lines => entry.index.ingest_ndjson(&body[..])?,
-            Body::Array(items) => {
-                let mut report = IngestReport::default();
-                for (i, item) in items.into_iter().enumerate() {
-                    match entry.index.upsert(item) {
-                        Ok(_) => report.indexed += 1,
-                        Err(e @ search_core::CoreError::InvalidDocument { .. }) => {
-                            report.failed += 1;
-                            report.errors.push(LineError {
-                                line: i as u64 + 1,
-                                reason: e.to_string(),
-                            });
-                        }
-                        Err(e) => {
-                            // Keep what was added before the failure pending for commit.
-                            entry.dirty.store(true, Ordering::SeqCst);
-                            return Err(e.into());
-                        }
-                    }
-                }
-                report
-            }
+            Body::Lines => entry.index.ingest_ndjson(&body[..]),
+            Body::Array(items) => entry.index.upsert_many(items),
         };
+        // Even a failed batch may have logged and applied its first part: commit it too.
+        entry.dirty.store(true, Ordering::SeqCst);
+        let report = report?;
         if report.indexed > 0 {
             after_write(&entry, wait)?;
         }

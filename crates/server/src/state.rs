@@ -65,6 +65,8 @@ pub(crate) struct IndexEntry {
     pub(crate) dirty: AtomicBool,
     /// The last commit failure, cleared by the next success.
     pub(crate) writer_error: Mutex<Option<String>>,
+    /// The write-ahead log is being replayed (the index is not ready).
+    pub(crate) recovering: AtomicBool,
 }
 
 impl IndexEntry {
@@ -73,7 +75,29 @@ impl IndexEntry {
             index: Arc::new(index),
             dirty: AtomicBool::new(false),
             writer_error: Mutex::new(None),
+            recovering: AtomicBool::new(false),
         })
+    }
+
+    /// Replays the index's write-ahead log (documents indexes), recording a failure where
+    /// `/readyz` shows it.
+    fn recover(&self) {
+        let name = self.index.name().to_string();
+        match self.index.recover() {
+            Ok(stats) if stats.replayed > 0 || stats.torn_bytes > 0 => tracing::info!(
+                index = %name,
+                replayed = stats.replayed,
+                torn_bytes = stats.torn_bytes,
+                "recovered acknowledged writes from the write-ahead log"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(index = %name, error = %e, "write-ahead log recovery failed; writes to this index are refused");
+                *self.writer_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("recovery failed: {e}"));
+            }
+        }
+        self.recovering.store(false, Ordering::SeqCst);
     }
 
     /// Commits if anything was written since the last commit; records failures for `/readyz`.
@@ -158,7 +182,39 @@ impl AppState {
             metrics,
         }));
         state.register_checks();
+        state.start_recovery();
         Ok(state)
+    }
+
+    /// Replays the write-ahead logs of documents indexes on a background thread; `/readyz`
+    /// answers 503 until every index is done. Writes to an index wait for its replay (they
+    /// queue on its writer); searches see the last commit meanwhile.
+    fn start_recovery(&self) {
+        let entries: Vec<Arc<IndexEntry>> = self
+            .entries()
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.index.kind() == IndexKind::Documents)
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        for e in &entries {
+            e.recovering.store(true, Ordering::SeqCst);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("ironsift-recovery".into())
+            .spawn(move || entries.iter().for_each(|e| e.recover()));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the recovery thread; replaying on first write instead");
+        }
+    }
+
+    /// Whether any index is still replaying its write-ahead log.
+    pub fn recovering(&self) -> bool {
+        self.entries()
+            .iter()
+            .any(|(_, e)| e.recovering.load(Ordering::SeqCst))
     }
 
     /// The data directory.
@@ -317,6 +373,26 @@ impl AppState {
                 Outcome::pass(format!("{} open", map.len()))
             } else {
                 Outcome::fail(format!("unreadable: {}", unreadable.join("; ")))
+            }
+        })));
+        let weak = Arc::downgrade(&self.0);
+        self.0.health.register(Arc::new(("recovery", move || {
+            let Some(inner) = weak.upgrade() else {
+                return Outcome::fail("service stopped");
+            };
+            let map = inner.indexes.read().unwrap_or_else(|p| p.into_inner());
+            let replaying: Vec<&str> = map
+                .iter()
+                .filter(|(_, e)| e.recovering.load(Ordering::SeqCst))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if replaying.is_empty() {
+                Outcome::pass("write-ahead logs replayed")
+            } else {
+                Outcome::fail(format!(
+                    "replaying the write-ahead log of {}",
+                    replaying.join(", ")
+                ))
             }
         })));
         let weak = Arc::downgrade(&self.0);

@@ -707,7 +707,7 @@ async fn readyz_reports_checks_and_shutdown() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["indexes", "writers", "disk", "memory"]);
+    assert_eq!(names, ["indexes", "recovery", "writers", "disk", "memory"]);
     assert!(r.body["checks"][0]["took_ms"].as_f64().is_some());
     a.state.begin_shutdown();
     let r = a.get("/readyz").await;
