@@ -598,7 +598,11 @@ impl MemoryMonitor {
             .map(|(_, a)| a.clone())
             .collect();
         for action in actions {
-            action(t, status);
+            // A panicking action must not end the sampling task: later transitions still matter.
+            let run = std::panic::AssertUnwindSafe(|| action(t, status));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(to = %t.to, "a memory level action panicked");
+            }
         }
     }
 
@@ -817,6 +821,7 @@ mod tests {
             let all = all.clone();
             monitor.on_transition(move |t, _| all.lock().unwrap().push(t.to));
         }
+        monitor.on_level(MemoryLevel::Warn, |_, _| panic!("a buggy action"));
         let mut rx = monitor.subscribe();
         let s = monitor.sample();
         assert_eq!(s.level, MemoryLevel::Normal);

@@ -914,13 +914,15 @@ mod tests {
         );
         let (n, m, r) = (now.clone(), max.clone(), runs.clone());
         let spec = JobSpec::every("merge", Duration::from_millis(20))
-            .with_timeout(Duration::from_millis(30));
+            .with_timeout(Duration::from_millis(80));
         sched
             .add_blocking(spec, move || {
                 let c = n.fetch_add(1, Ordering::SeqCst) + 1;
                 m.fetch_max(c, Ordering::SeqCst);
                 let k = r.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(if k == 0 { 100 } else { 1 }));
+                if k == 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
                 n.fetch_sub(1, Ordering::SeqCst);
                 if k == 2 {
                     panic!("blocking boom");
@@ -939,7 +941,7 @@ mod tests {
             1,
             "no overlap even after a timeout"
         );
-        assert_eq!(s.timeouts, 1);
+        assert!(s.timeouts >= 1, "{s:?}");
         assert!(
             s.skipped >= 1,
             "ticks while the abandoned thread ran were skipped: {s:?}"
