@@ -17,6 +17,37 @@
 //! Nothing here knows Tantivy or HTTP: the server wires these to its indexes and admin routes.
 //! Errors are [`Error`] (and the generic [`PoolError`]), both classified with
 //! [`search_error::Classify`].
+//!
+//! # Wiring
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), resource_mgmt::Error> {
+//! use std::time::Duration;
+//! use resource_mgmt::{JobSpec, MemoryBudget, MemoryLevel, MemoryMonitor, ResourceRegistry, Scheduler};
+//!
+//! let registry = ResourceRegistry::new();
+//! let monitor = MemoryMonitor::builder(MemoryBudget::detect(None)?)
+//!     .registry(registry.clone())
+//!     .build()?;
+//! monitor.on_level(MemoryLevel::Critical, |transition, status| {
+//!     // e.g. flip a flag that makes ingestion answer 503 until the level falls
+//! });
+//! let mut levels = monitor.subscribe(); // or watch the channel
+//! let _sampling = monitor.spawn(Duration::from_secs(5)); // dropping it stops sampling
+//! let writer_heap = monitor.account("index docs: writer heap", 2 * 50 << 20);
+//!
+//! let scheduler = Scheduler::new();
+//! let every_30s = JobSpec::every("reap-pools", Duration::from_secs(30))
+//!     .with_jitter(Duration::from_secs(5));
+//! scheduler.add(every_30s, || async { Ok(()) })?;
+//! let nightly = JobSpec::cron("merge", "0 3 * * *")?.with_timeout(Duration::from_secs(600));
+//! scheduler.add_blocking(nightly, || Ok(()))?;
+//!
+//! let resources = registry.snapshot(); // GET /v1/admin/resources (Serialize)
+//! let tasks = scheduler.stats(); // GET /v1/admin/tasks (Serialize)
+//! let report = scheduler.shutdown(Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cron;
@@ -26,15 +57,18 @@ pub mod pool;
 pub mod procfs;
 pub mod registry;
 pub mod scheduler;
+#[cfg(test)]
+mod test_metrics;
 
+pub use cron::CronExpr;
 pub use error::Error;
 pub use memory::{
     AllocatorReading, AllocatorStats, BudgetSource, LevelTracker, MemoryBudget, MemoryLevel,
-    MemoryMonitor, MemoryReading, MemoryStatus, Transition,
+    MemoryMonitor, MemoryReading, MemoryStatus, MonitorTask, Transition,
 };
 pub use pool::{Pool, PoolBuilder, PoolConfig, PoolError, PoolStatus, Pooled};
 pub use registry::{RegistryDiff, RegistrySnapshot, ResourceRegistry, TrackedResource};
-pub use scheduler::{JobSpec, JobStats, Schedule, Scheduler};
+pub use scheduler::{JobResult, JobSpec, JobStats, Schedule, Scheduler, ShutdownReport};
 
 /// Names of the metrics this crate records (for the exporter's descriptions).
 pub mod metric_names {

@@ -873,6 +873,42 @@ mod tests {
         assert_eq!(monitor.level(), MemoryLevel::Critical);
     }
 
+    #[test]
+    fn transitions_are_counted_and_gauges_set() {
+        let recorder = crate::test_metrics::Captured::default();
+        let used = Arc::new(AtomicU64::new(100));
+        let monitor = MemoryMonitor::builder(budget())
+            .source(Scripted(used.clone()))
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            monitor.sample();
+            used.store(860, Ordering::SeqCst);
+            monitor.sample();
+            used.store(10, Ordering::SeqCst);
+            monitor.sample();
+            used.store(720, Ordering::SeqCst);
+            monitor.sample();
+        });
+        let get = |k: &str| recorder.get(k);
+        assert_eq!(
+            get("ironsift_memory_level_transitions_total{to=critical}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            get("ironsift_memory_level_transitions_total{to=normal}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            get("ironsift_memory_level_transitions_total{to=warn}"),
+            Some(1.0)
+        );
+        assert_eq!(get("ironsift_memory_level"), Some(1.0));
+        assert_eq!(get("ironsift_memory_rss_bytes"), Some(1440.0));
+        assert_eq!(get("ironsift_memory_used_bytes"), Some(720.0));
+        assert_eq!(get("ironsift_memory_budget_bytes"), Some(1000.0));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spawned_monitor_samples_on_interval_and_stops() {
         let used = Arc::new(AtomicU64::new(100));

@@ -674,6 +674,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn acquire_timeout_is_honoured() {
+        let recorder = crate::test_metrics::Captured::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
         let pool = Pool::builder("busy", Counting::default())
             .max_size(1)
             .acquire_timeout(Some(Duration::from_millis(50)))
@@ -698,6 +700,16 @@ mod tests {
         assert_eq!(pool.status().waiting, 1);
         drop(held);
         assert_eq!(waiter.await.unwrap().unwrap(), 0);
+        assert_eq!(
+            recorder.get("ironsift_pool_timeouts_total{pool=busy}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            recorder.get("ironsift_pool_acquire_seconds{pool=busy}"),
+            Some(2.0)
+        );
+        assert_eq!(recorder.get("ironsift_pool_size{pool=busy}"), Some(1.0));
+        assert_eq!(recorder.get("ironsift_pool_waiting{pool=busy}"), Some(0.0));
     }
 
     #[tokio::test(start_paused = true)]

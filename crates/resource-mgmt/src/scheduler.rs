@@ -760,6 +760,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn errors_and_panics_are_contained() {
+        let recorder = crate::test_metrics::Captured::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
         let sched = Scheduler::new();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
@@ -786,6 +788,19 @@ mod tests {
         let json = serde_json::to_value(sched.stats()).unwrap();
         assert_eq!(json[0]["name"], "flaky");
         assert_eq!(json[0]["panics"], 3);
+        let runs = |outcome: &str| {
+            recorder.get(&format!(
+                "ironsift_task_runs_total{{task=flaky,outcome={outcome}}}"
+            ))
+        };
+        assert_eq!(
+            (runs("ok"), runs("error"), runs("panic")),
+            (Some(2.0), Some(2.0), Some(3.0))
+        );
+        assert_eq!(
+            recorder.get("ironsift_task_duration_seconds{task=flaky}"),
+            Some(7.0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
