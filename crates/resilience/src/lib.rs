@@ -17,7 +17,7 @@
 //! - [`bulkhead`]: bounded concurrency and queue; sheds at once when the queue is full or the
 //!   deadline cannot be met (EWMA wait estimate); expired waiters leave the queue.
 //! - [`timeout`]: [`Deadline`] and timeouts that count `ironsift_timeouts_total{operation}`.
-//! - [`panic`]: panics in closures and futures become [`Panicked`] errors.
+//! - [`mod@panic`]: panics in closures and futures become [`Panicked`] errors.
 //! - [`cache`]: byte-bounded LRU for serving the last good answer when degraded.
 //! - [`clock`]: injectable time ([`ManualClock`], [`TokioClock`]) for deterministic tests.
 //!

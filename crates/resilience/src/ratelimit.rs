@@ -60,9 +60,12 @@ pub fn quota_per_second(rate_per_sec: u32, burst: u32) -> Result<Quota, ConfigEr
 
 const SHARDS: usize = 64;
 
+/// One shard of the key table: key → GCRA state (theoretical arrival time, 0 = unused).
+type Shard<K> = RwLock<HashTable<(K, AtomicU64)>>;
+
 struct Shared<K> {
     hasher: foldhash::fast::RandomState,
-    shards: Box<[RwLock<HashTable<(K, AtomicU64)>>]>,
+    shards: Box<[Shard<K>]>,
     len: AtomicUsize,
     max_keys: usize,
     overflow: AtomicU64,
@@ -103,7 +106,7 @@ where
 
 impl<K: Hash + Eq + Clone> Shared<K> {
     #[inline]
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<(K, AtomicU64)>> {
+    fn shard(&self, hash: u64) -> &Shard<K> {
         // Middle bits: hashbrown uses the low bits for the bucket and the top 7 for tags.
         &self.shards[((hash >> 32) as usize) & (SHARDS - 1)]
     }

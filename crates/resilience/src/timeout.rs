@@ -1,8 +1,8 @@
 //! Deadlines and timeouts that leave a trace in the metrics.
 //!
 //! A [`Deadline`] is an absolute instant (Tokio's clock, so `tokio::time::pause` controls it in
-//! tests) that travels with a request: each stage asks how much time is [`remaining`]
-//! (Deadline::remaining) instead of stacking its own timeout. [`with_timeout`] and
+//! tests) that travels with a request: each stage asks how much time is
+//! [`remaining`](Deadline::remaining) instead of stacking its own timeout. [`with_timeout`] and
 //! [`with_deadline`] bound a future and record `ironsift_timeouts_total{operation}` when it is
 //! cut off and `ironsift_operation_duration_seconds{operation}` when it finishes in time.
 
