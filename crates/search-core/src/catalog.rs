@@ -20,6 +20,23 @@ use crate::error::{CoreError, Result};
 use crate::index::{IndexConfig, SearchIndex};
 use crate::schema::{IndexKind, SchemaSpec};
 
+/// What a repair or restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairReport {
+    /// The index.
+    pub index: String,
+    /// What was done, in words.
+    pub action: String,
+    /// Where the replaced (damaged) files were moved.
+    pub damaged_kept_at: Option<PathBuf>,
+    /// Log records replayed over the snapshot.
+    pub replayed: u64,
+    /// The check before.
+    pub before: crate::integrity::VerifyReport,
+    /// The check after.
+    pub after: crate::integrity::VerifyReport,
+}
+
 /// Name of the index used when none is given.
 pub const DEFAULT_INDEX: &str = "default";
 pub(crate) const META_FILE: &str = "ironsift.json";
@@ -237,6 +254,172 @@ impl Catalog {
             },
             other => other,
         }
+    }
+
+    /// Checks an index's files without opening it for use (see [`crate::verify_index_dir`]).
+    pub fn verify(&self, name: &str) -> Result<crate::integrity::VerifyReport> {
+        validate_index_name(name)?;
+        let dir = self.index_dir(name);
+        if !dir.is_dir() {
+            return Err(CoreError::IndexNotFound {
+                name: name.to_string(),
+                root: self.root.clone(),
+            });
+        }
+        Ok(crate::integrity::verify_index_dir(name, &dir))
+    }
+
+    /// Repairs a damaged index, which must not be open (in this or another process). A
+    /// documents index is rolled back to its newest sound snapshot and the write-ahead log
+    /// replayed over it, which brings back every acknowledged write; a files index is
+    /// rebuilt from its source folder. The damaged files are moved to
+    /// `DATA/<name>/damaged-<ms>/`, never deleted. A sound index is left alone.
+    pub fn repair(&self, name: &str) -> Result<RepairReport> {
+        let before = self.verify(name)?;
+        if before.is_sound() {
+            return Ok(RepairReport {
+                index: name.to_string(),
+                action: "nothing to do: the index is sound".into(),
+                damaged_kept_at: None,
+                replayed: 0,
+                before: before.clone(),
+                after: before,
+            });
+        }
+        let dir = self.index_dir(name);
+        let impossible = |reason: String| CoreError::RepairImpossible {
+            index: name.to_string(),
+            reason,
+        };
+        let meta = IndexMeta::read(&dir).map_err(|e| {
+            impossible(format!(
+                "its metadata is unreadable ({e}); restore {} from a backup",
+                dir.join(META_FILE).display()
+            ))
+        })?;
+        if before
+            .damaged
+            .iter()
+            .any(|d| d.file.starts_with(dir.join(crate::wal::WAL_DIR)))
+        {
+            return Err(impossible(format!(
+                "its write-ahead log is damaged ({}); acknowledged writes after the damage \
+                 cannot be recovered automatically",
+                before.summary()
+            )));
+        }
+        match meta.kind {
+            IndexKind::Documents => {
+                let snaps = crate::snapshot::list_snapshots(&dir)?;
+                let mut rejected = Vec::new();
+                let good = snaps.iter().rev().find(|s| {
+                    match crate::snapshot::snapshot_is_sound(&dir, s) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            rejected.push(format!("{}: {why}", s.id));
+                            false
+                        }
+                    }
+                });
+                let Some(good) = good else {
+                    return Err(impossible(if snaps.is_empty() {
+                        "it has no snapshot to roll back to (take them with `ironsift \
+                         snapshot` or the server's periodic snapshots)"
+                            .into()
+                    } else {
+                        format!("no sound snapshot: {}", rejected.join("; "))
+                    }));
+                };
+                let kept = crate::snapshot::install_snapshot(&dir, good)?;
+                let index = self.open_index(name)?;
+                let stats = index.recover()?;
+                index.close_writer();
+                let after = self.verify(name)?;
+                Ok(RepairReport {
+                    index: name.to_string(),
+                    action: format!(
+                        "restored snapshot {} and replayed {} write-ahead log records",
+                        good.id, stats.replayed
+                    ),
+                    damaged_kept_at: Some(kept),
+                    replayed: stats.replayed,
+                    before,
+                    after,
+                })
+            }
+            IndexKind::Files => {
+                let Some(source) = meta.source.clone() else {
+                    return Err(impossible(
+                        "it records no source folder to rebuild from".into(),
+                    ));
+                };
+                if !source.is_dir() {
+                    return Err(impossible(format!(
+                        "its source folder {} is gone",
+                        source.display()
+                    )));
+                }
+                let kept = crate::snapshot::move_aside(&dir)?;
+                let tdir = dir.join(TANTIVY_DIR);
+                fs::create_dir_all(&tdir).map_err(|e| CoreError::io(&tdir, e))?;
+                SearchIndex::create_in(name, &dir, &meta)?;
+                let index = self.open_index(name)?;
+                index.index_dir(
+                    &source,
+                    &crate::files::IndexDirOptions::default(),
+                    &mut |_| {},
+                )?;
+                index.commit()?;
+                index.close_writer();
+                let after = self.verify(name)?;
+                Ok(RepairReport {
+                    index: name.to_string(),
+                    action: format!("rebuilt from {}", source.display()),
+                    damaged_kept_at: Some(kept),
+                    replayed: 0,
+                    before,
+                    after,
+                })
+            }
+        }
+    }
+
+    /// Rolls a documents index back to one of its snapshots (the newest when `id` is `None`)
+    /// and replays the write-ahead log over it. The index must not be open. The replaced
+    /// files are moved to `DATA/<name>/damaged-<ms>/`.
+    pub fn restore(&self, name: &str, id: Option<&str>) -> Result<RepairReport> {
+        let before = self.verify(name)?;
+        let dir = self.index_dir(name);
+        let snaps = crate::snapshot::list_snapshots(&dir)?;
+        let chosen = match id {
+            Some(id) => snaps.iter().find(|s| s.id == id),
+            None => snaps.last(),
+        }
+        .ok_or_else(|| CoreError::SnapshotNotFound {
+            index: name.to_string(),
+            id: id.unwrap_or("(newest)").to_string(),
+        })?;
+        crate::snapshot::snapshot_is_sound(&dir, chosen).map_err(|why| {
+            CoreError::SnapshotDamaged {
+                detail: format!("snapshot {}: {why}", chosen.id),
+            }
+        })?;
+        let kept = crate::snapshot::install_snapshot(&dir, chosen)?;
+        let index = self.open_index(name)?;
+        let stats = index.recover()?;
+        index.close_writer();
+        let after = self.verify(name)?;
+        Ok(RepairReport {
+            index: name.to_string(),
+            action: format!(
+                "restored snapshot {} and replayed {} write-ahead log records",
+                chosen.id, stats.replayed
+            ),
+            damaged_kept_at: Some(kept),
+            replayed: stats.replayed,
+            before,
+            after,
+        })
     }
 
     /// Deletes an index and its files. The folder is first renamed away, so the index

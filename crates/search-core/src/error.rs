@@ -158,6 +158,28 @@ pub enum CoreError {
         /// Its errno, when the OS gave one (28 is ENOSPC: disk full).
         errno: Option<i32>,
     },
+    /// A snapshot could not be taken because the files failed their checksums.
+    #[error("snapshot refused: {detail}")]
+    SnapshotDamaged {
+        /// What failed.
+        detail: String,
+    },
+    /// No snapshot of that id exists.
+    #[error("snapshot {id:?} not found for index {index:?}")]
+    SnapshotNotFound {
+        /// The index.
+        index: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// The index cannot be repaired automatically; nothing was changed.
+    #[error("index {index:?} cannot be repaired: {reason}")]
+    RepairImpossible {
+        /// The index.
+        index: String,
+        /// Why, and what the operator can do.
+        reason: String,
+    },
     /// Tantivy reported an error while operating on an index.
     #[error("index {index:?}: {op} failed: {source}")]
     Tantivy {
@@ -257,9 +279,11 @@ impl Classify for CoreError {
             CoreError::WriterLocked { .. } => ErrorCode::Conflict,
             CoreError::IndexClosed { .. } => ErrorCode::Unavailable,
             CoreError::Io { source, .. } => io_code(source),
-            CoreError::BadMetadata { .. } | CoreError::WalCorrupt { .. } => {
-                ErrorCode::DataCorruption
-            }
+            CoreError::SnapshotNotFound { .. } => ErrorCode::NotFound,
+            CoreError::RepairImpossible { .. } => ErrorCode::Conflict,
+            CoreError::BadMetadata { .. }
+            | CoreError::WalCorrupt { .. }
+            | CoreError::SnapshotDamaged { .. } => ErrorCode::DataCorruption,
             CoreError::WalSync { errno, .. } => match errno {
                 Some(28 | 122) => ErrorCode::StorageFull,
                 _ => ErrorCode::Unavailable,

@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -105,6 +106,10 @@ pub struct SearchIndex {
     writer: Mutex<WriterSlot>,
     /// What the last opening of the write-ahead log replayed.
     replay: Mutex<Option<ReplayStats>>,
+    /// The oldest log position a retained snapshot needs: commits keep the log from there.
+    wal_floor: AtomicU64,
+    /// One snapshot at a time per handle.
+    snapshotting: Mutex<()>,
 }
 
 /// The writer of an index and, for documents indexes, its write-ahead log: both held by
@@ -194,6 +199,8 @@ impl SearchIndex {
             config: config.clone(),
             writer: Mutex::new(WriterSlot::Idle),
             replay: Mutex::new(None),
+            wal_floor: AtomicU64::new(crate::snapshot::wal_floor(dir).unwrap_or(u64::MAX)),
+            snapshotting: Mutex::new(()),
         })
     }
 
@@ -300,7 +307,7 @@ impl SearchIndex {
             let covered = wal.written_seq();
             commit_with_payload(&mut writer, Some(covered))
                 .map_err(|e| CoreError::tantivy(&self.name, "commit replayed writes", e))?;
-            wal.truncate_through(covered)?;
+            wal.truncate_through(covered.min(self.wal_floor.load(Ordering::SeqCst)))?;
             self.reload()?;
             tracing::info!(
                 index = %self.name,
@@ -331,11 +338,99 @@ impl SearchIndex {
             .unwrap_or(0))
     }
 
+    /// Documents in the last commit (which the reader may not show yet).
+    fn committed_docs(&self) -> Result<u64> {
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|e| CoreError::tantivy(&self.name, "read commit metadata", e))?;
+        Ok(metas.segments.iter().map(|s| u64::from(s.num_docs())).sum())
+    }
+
     /// Opens the writer now (for documents indexes: replays the write-ahead log and commits
     /// what it held) instead of on the first write. Returns what the replay did.
     pub fn recover(&self) -> Result<ReplayStats> {
         self.with_open(|_| Ok(()))?;
         Ok(lock(&self.replay).clone().unwrap_or_default())
+    }
+
+    /// Takes a snapshot of the last commit (after committing pending writes, so it holds
+    /// every acknowledged write), without stopping writes for longer than it takes to
+    /// hard-link the commit's files. See the `snapshot` module docs.
+    pub fn snapshot(&self) -> Result<crate::snapshot::SnapshotInfo> {
+        let _one = lock(&self.snapshotting);
+        let root = self.dir.join(crate::snapshot::SNAPSHOT_DIR);
+        let io = |p: &Path, e: std::io::Error| CoreError::io(p, e);
+        fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
+        let staging = root.join(format!(".tmp-pin-{}", crate::snapshot::now_ms()));
+        let tdir = self.dir.join(TANTIVY_DIR);
+        let mut attempt = 0;
+        let (files, wal_seq, docs) = loop {
+            attempt += 1;
+            let _ = fs::remove_dir_all(&staging);
+            fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
+            // Holding the writer lock keeps commits out; a merge finishing meanwhile can still
+            // delete a merged-away segment's files, which shows as NotFound: try again.
+            let mut guard = lock(&self.writer);
+            if let WriterSlot::Open(ow) = &mut *guard {
+                self.commit_open(ow)?;
+            }
+            let listed = crate::integrity::committed_files(&self.index)
+                .map_err(|e| CoreError::tantivy(&self.name, "snapshot", e))?;
+            let mut pinned = Vec::new();
+            let mut vanished = None;
+            for f in &listed {
+                let name = f.to_string_lossy().into_owned();
+                match fs::hard_link(tdir.join(f), staging.join(f)) {
+                    Ok(()) => pinned.push(name),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        vanished = Some(name);
+                        break;
+                    }
+                    Err(e) => return Err(io(&tdir.join(f), e)),
+                }
+            }
+            drop(guard);
+            match vanished {
+                None => break (pinned, self.committed_wal_seq()?, self.committed_docs()?),
+                Some(name) if attempt >= 5 => {
+                    let _ = fs::remove_dir_all(&staging);
+                    return Err(CoreError::SnapshotDamaged {
+                        detail: format!("{name} vanished while pinning the commit's files"),
+                    });
+                }
+                Some(_) => continue,
+            }
+        };
+        let result = crate::snapshot::materialize(&self.dir, &staging, &files, wal_seq, docs);
+        let _ = fs::remove_dir_all(&staging);
+        let info = result?;
+        self.refresh_wal_floor();
+        Ok(info)
+    }
+
+    /// Deletes all but the newest `keep` snapshots; the log is then kept only back to the
+    /// oldest remaining one. Returns how many were deleted.
+    pub fn prune_snapshots(&self, keep: usize) -> Result<usize> {
+        let _one = lock(&self.snapshotting);
+        let removed = crate::snapshot::prune_snapshots(&self.dir, keep)?;
+        self.refresh_wal_floor();
+        Ok(removed)
+    }
+
+    /// The retained snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<crate::snapshot::SnapshotInfo>> {
+        crate::snapshot::list_snapshots(&self.dir)
+    }
+
+    fn refresh_wal_floor(&self) {
+        let floor = crate::snapshot::wal_floor(&self.dir).unwrap_or(u64::MAX);
+        self.wal_floor.store(floor, Ordering::SeqCst);
+    }
+
+    /// Checks every file of the last commit and the log (see [`crate::verify_index_dir`]).
+    pub fn verify(&self) -> crate::integrity::VerifyReport {
+        crate::integrity::verify_index_dir(&self.name, &self.dir)
     }
 
     /// Bytes held by the write-ahead log (0 until the writer is open).
@@ -433,8 +528,9 @@ impl SearchIndex {
         };
         let opstamp = commit_with_payload(&mut ow.writer, covered)
             .map_err(|e| CoreError::tantivy(&self.name, "commit", e))?;
+        let keep_from = self.wal_floor.load(Ordering::SeqCst);
         if let (Some(wal), Some(seq)) = (&ow.wal, covered)
-            && let Err(e) = wal.truncate_through(seq)
+            && let Err(e) = wal.truncate_through(seq.min(keep_from))
         {
             // Harmless: covered records are skipped on replay; the next commit retries.
             tracing::warn!(index = %self.name, error = %e, "could not drop committed log segments");

@@ -27,22 +27,26 @@ mod document;
 mod error;
 mod files;
 mod index;
+mod integrity;
 mod query;
 mod schema;
 mod search;
+mod snapshot;
 mod wal;
 
-pub use catalog::{Catalog, DEFAULT_INDEX, IndexMeta, validate_index_name};
+pub use catalog::{Catalog, DEFAULT_INDEX, IndexMeta, RepairReport, validate_index_name};
 pub use document::Document;
 pub use error::{CoreError, Result};
 pub use files::{
     BINARY_SNIFF_BYTES, DirProgress, IndexDirOptions, IndexDirReport, WalkWarning, language_of,
 };
 pub use index::{IndexConfig, IndexStats, IngestReport, LineError, MAX_ID_BYTES, SearchIndex};
+pub use integrity::{Damage, VerifyReport, verify_index_dir};
 pub use query::QueryLimits;
 pub use schema::{ALL_FIELD, FieldSpec, FieldType, ID_FIELD, IndexKind, SOURCE_FIELD, SchemaSpec};
 pub use search::{Highlight, Hit, MAX_LIMIT, MAX_WINDOW, SearchRequest, SearchResponse};
-pub use wal::{Durability, ReplayStats};
+pub use snapshot::{SnapshotFile, SnapshotInfo, list_snapshots};
+pub use wal::{Durability, ReplayStats, decode_wal_bytes};
 
 /// The Tantivy version this crate is built on, re-exported so callers build compatible queries.
 pub use tantivy;

@@ -260,9 +260,27 @@ impl Wal {
     pub(crate) fn open(
         dir: &Path,
         committed_seq: u64,
-        mut replay: impl FnMut(u64, WalRecord) -> Result<()>,
+        replay: impl FnMut(u64, WalRecord) -> Result<()>,
     ) -> Result<(Wal, ReplayStats)> {
         fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+        Self::scan(dir, committed_seq, replay, false).map(|(w, s)| (w.expect("opened"), s))
+    }
+
+    /// Reads and checks the whole log without changing anything (a torn final record is
+    /// reported in the stats, not cut off). A missing folder is an empty log.
+    pub(crate) fn check(dir: &Path, committed_seq: u64) -> Result<ReplayStats> {
+        if !dir.exists() {
+            return Ok(ReplayStats::default());
+        }
+        Self::scan(dir, committed_seq, |_, _| Ok(()), true).map(|(_, s)| s)
+    }
+
+    fn scan(
+        dir: &Path,
+        committed_seq: u64,
+        mut replay: impl FnMut(u64, WalRecord) -> Result<()>,
+        read_only: bool,
+    ) -> Result<(Option<Wal>, ReplayStats)> {
         let mut segments = list_segments(dir)?;
         let mut stats = ReplayStats::default();
         let mut closed = Vec::new();
@@ -342,6 +360,10 @@ impl Wal {
                                 ),
                             ));
                         }
+                        stats.torn_bytes = rest.len() as u64;
+                        if read_only {
+                            break;
+                        }
                         tracing::warn!(
                             wal = %path.display(),
                             offset,
@@ -355,7 +377,6 @@ impl Wal {
                             .map_err(|e| CoreError::io(&path, e))?;
                         f.set_len(offset).map_err(|e| CoreError::io(&path, e))?;
                         f.sync_all().map_err(|e| CoreError::io(&path, e))?;
-                        stats.torn_bytes = rest.len() as u64;
                         break;
                     }
                 }
@@ -371,6 +392,9 @@ impl Wal {
             }
         }
         let written_seq = last_seq.unwrap_or(0).max(committed_seq);
+        if read_only {
+            return Ok((None, stats));
+        }
         let (path, len) = match current {
             // Continue the last segment only if the next record belongs there: when the
             // index's commit is ahead of the log (a log deleted by hand), every segment is
@@ -412,7 +436,7 @@ impl Wal {
             }),
             synced: Condvar::new(),
         };
-        Ok((wal, stats))
+        Ok((Some(wal), stats))
     }
 
     /// Appends `ops` as consecutive records in one write. Nothing is appended on error.
@@ -633,6 +657,26 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// Decodes the records of a log segment held in memory, stopping at the first bad one;
+/// returns how many decoded and where decoding stopped. Used by the fuzz target for the
+/// record decoder (it must never panic, whatever the bytes).
+#[doc(hidden)]
+pub fn decode_wal_bytes(mut bytes: &[u8]) -> (usize, usize) {
+    let total = bytes.len();
+    let mut n = 0;
+    while let Some((_, payload, size)) = decode_at(bytes) {
+        if decode_payload(payload).is_none() {
+            break;
+        }
+        n += 1;
+        bytes = &bytes[size..];
+    }
+    let mut reader = io::Cursor::new(&bytes[..]);
+    let mut buf = Vec::new();
+    while let Ok(Ok(Some(_))) = read_record(&mut reader, &mut buf) {}
+    (n, total - bytes.len())
 }
 
 fn first_seq_of(path: &Path) -> Option<u64> {
