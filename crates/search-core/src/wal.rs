@@ -673,7 +673,7 @@ pub fn decode_wal_bytes(mut bytes: &[u8]) -> (usize, usize) {
         n += 1;
         bytes = &bytes[size..];
     }
-    let mut reader = io::Cursor::new(&bytes[..]);
+    let mut reader = io::Cursor::new(bytes);
     let mut buf = Vec::new();
     while let Ok(Ok(Some(_))) = read_record(&mut reader, &mut buf) {}
     (n, total - bytes.len())
