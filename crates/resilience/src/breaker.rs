@@ -30,7 +30,9 @@
 //! count window is a ring of atomic bytes with atomic totals, the time window per-second buckets
 //! of atomics (a lock only when a bucket is recycled, once per second at most). Transitions and
 //! the half-open bookkeeping take one mutex. Every permit carries the generation it was issued
-//! in; an outcome reported after the breaker changed state is stale and ignored.
+//! in; an outcome reported after the breaker changed state is stale and ignored. Counts are
+//! exact for sequential use; under contention a call racing with the recycling of a time
+//! bucket may be counted in the next second, which the rates tolerate.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -421,7 +423,11 @@ impl CountWindow {
     #[inline]
     fn totals(&self) -> Totals {
         let get = |c: &AtomicI64| c.load(Ordering::Acquire).max(0) as u64;
-        (get(&self.calls), get(&self.failures), get(&self.slow))
+        // Recorders add to `calls` before `failures`/`slow`; reading in the opposite order can
+        // only under-estimate a rate mid-update, never trip the breaker spuriously.
+        let failures = get(&self.failures);
+        let slow = get(&self.slow);
+        (get(&self.calls), failures, slow)
     }
 
     fn reset(&self) {

@@ -203,10 +203,17 @@ impl Bulkhead {
     /// Takes a slot now if one is free; never queues (busy → `QueueFull`). For blocking callers.
     #[inline]
     pub fn try_acquire(&self) -> Result<BulkheadPermit, Rejected> {
-        match Arc::clone(&self.inner.sem).try_acquire_owned() {
-            Ok(p) => Ok(self.admit(p)),
-            Err(_) => Err(self.reject(RejectReason::QueueFull, 1)),
-        }
+        self.try_admit()
+            .ok_or_else(|| self.reject(RejectReason::QueueFull, 1))
+    }
+
+    /// A free slot, if any, without counting a rejection otherwise.
+    #[inline]
+    pub(crate) fn try_admit(&self) -> Option<BulkheadPermit> {
+        Arc::clone(&self.inner.sem)
+            .try_acquire_owned()
+            .ok()
+            .map(|p| self.admit(p))
     }
 
     /// Takes a slot, waiting in the queue if needed and if the deadline allows; see the

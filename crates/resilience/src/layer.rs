@@ -277,7 +277,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Ok(permit) = self.bulkhead.try_acquire() {
+        if let Some(permit) = self.bulkhead.try_admit() {
             return BulkheadFuture {
                 kind: BulkheadFutureKind::Running {
                     fut: self.inner.call(req),

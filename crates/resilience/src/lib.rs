@@ -22,6 +22,42 @@
 //! - [`clock`]: injectable time ([`ManualClock`], [`TokioClock`]) for deterministic tests.
 //!
 //! Metric handles are resolved when a component is built: install the metrics recorder first.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use resilience::{BreakerConfig, CircuitBreaker, Outcome};
+//!
+//! // "Open after 5 consecutive failures, probe again after 30 s."
+//! let breaker = CircuitBreaker::new("index-a", BreakerConfig::consecutive(5, Duration::from_secs(30)))?;
+//! match breaker.try_acquire() {
+//!     Ok(permit) => {
+//!         let result: Result<u32, std::io::Error> = Ok(42); // the protected (blocking) work
+//!         permit.record(if result.is_ok() { Outcome::Success } else { Outcome::Failure });
+//!     }
+//!     Err(open) => eprintln!("unavailable, retry in {:?}", open.retry_after),
+//! }
+//! # Ok::<(), resilience::ConfigError>(())
+//! ```
+//!
+//! As tower layers (each adds one level of [`ResilienceError`]; `flatten` merges them):
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use resilience::*;
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), ConfigError> {
+//! let breaker = Arc::new(CircuitBreaker::new("search", BreakerConfig::default())?);
+//! let limiter = Arc::new(KeyedRateLimiter::<String>::new("api", quota_per_second(50, 100)?, 100_000)?);
+//! let layers = ServiceBuilder::new()
+//!     .layer(CatchPanicLayer::new())
+//!     .layer(RateLimitLayer::new(limiter, |req: &(String, u32)| Some(req.0.clone())))
+//!     .layer(BulkheadLayer::new(Bulkhead::new("search", 8, 64)?))
+//!     .layer(CircuitBreakerLayer::new(breaker))
+//!     .layer(TimeoutLayer::new("search", Duration::from_secs(5)));
+//! # let _ = layers;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod breaker;

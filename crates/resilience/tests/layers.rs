@@ -101,6 +101,11 @@ async fn bulkhead_layer_queues_sheds_and_honours_request_deadlines() {
     assert_eq!(err.code(), ErrorCode::Overloaded);
     assert!(matches!(&err, ResilienceError::Rejected(r) if r.reason == RejectReason::QueueFull));
     assert!(err.retry_after().is_some());
+    assert_eq!(
+        bh.snapshot().rejected_queue_full,
+        1,
+        "queued requests are not rejections"
+    );
     assert_eq!(first.await.unwrap().unwrap(), "done");
     assert_eq!(second.await.unwrap().unwrap(), "done");
     // With one call running, a 10 ms deadline cannot be met (service time ~100 ms).
