@@ -86,10 +86,10 @@ pub(crate) fn run(index: &str, args: &BenchHttpArgs) -> Result<ExitCode> {
     if args.connections == 0 || args.threads == 0 {
         bail!("--connections and --threads must be at least 1");
     }
-    if let Some(r) = args.rate {
-        if !(r > 0.0 && r.is_finite()) {
-            bail!("--rate must be a positive number");
-        }
+    if let Some(r) = args.rate
+        && !(r > 0.0 && r.is_finite())
+    {
+        bail!("--rate must be a positive number");
     }
     let paths: Vec<String> = queries
         .iter()

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 pub use search_core::{
     Catalog, CoreError, DEFAULT_INDEX, Durability, FieldSpec, FieldType, Highlight, Hit,
     IndexConfig, IndexDirOptions, IndexDirReport, IndexKind, IndexStats, IngestReport, QueryLimits,
-    SchemaSpec, SearchIndex, SearchRequest, SearchResponse,
+    RepairReport, SchemaSpec, SearchIndex, SearchRequest, SearchResponse, SnapshotInfo,
+    VerifyReport,
 };
 #[doc(inline)]
 pub use search_error::{Classify, ErrorCode, Severity};

@@ -72,6 +72,19 @@ pub(crate) struct ServeArgs {
     /// so a machine crash can lose the last refresh interval) [default: request].
     #[arg(long, env = "IRONSIFT_DURABILITY")]
     durability: Option<ironsift::Durability>,
+    /// Check every index's files before serving it [default: true].
+    #[arg(long, env = "IRONSIFT_VERIFY_ON_START")]
+    verify_on_start: Option<bool>,
+    /// How often every index is checked again in the background; 0 disables [default: 1h].
+    #[arg(long, env = "IRONSIFT_SCRUB_INTERVAL", value_parser = parse_duration)]
+    scrub_interval: Option<Duration>,
+    /// How often documents indexes are snapshotted (repair rolls back to one and replays the
+    /// write-ahead log); 0 disables [default: 1h].
+    #[arg(long, env = "IRONSIFT_SNAPSHOT_INTERVAL", value_parser = parse_duration)]
+    snapshot_interval: Option<Duration>,
+    /// Snapshots kept per index [default: 3].
+    #[arg(long, env = "IRONSIFT_SNAPSHOT_KEEP")]
+    snapshot_keep: Option<usize>,
 }
 
 /// The TOML file: every key optional, unknown keys rejected (typos must not pass silently).
@@ -92,6 +105,10 @@ struct FileConfig {
     drain_delay: Option<String>,
     heap_mb: Option<usize>,
     durability: Option<String>,
+    verify_on_start: Option<bool>,
+    scrub_interval: Option<String>,
+    snapshot_interval: Option<String>,
+    snapshot_keep: Option<usize>,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -209,7 +226,32 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("config file: durability: {e}"))?,
         (None, None) => ironsift::Durability::default(),
     };
+    let every =
+        |flag: Option<Duration>, key: &str, v: &Option<String>| -> Result<Option<Duration>> {
+            let d = match flag {
+                Some(d) => d,
+                None => Duration::from_millis(from_file(key, v, parse_ms)?.unwrap_or(3_600_000)),
+            };
+            Ok((!d.is_zero()).then_some(d))
+        };
+    let scrub_interval = every(args.scrub_interval, "scrub_interval", &file.scrub_interval)?;
+    let snapshot_interval = every(
+        args.snapshot_interval,
+        "snapshot_interval",
+        &file.snapshot_interval,
+    )?;
     let config = ServerConfig {
+        verify_on_start: args
+            .verify_on_start
+            .or(file.verify_on_start)
+            .unwrap_or(true),
+        scrub_interval,
+        snapshot_interval,
+        snapshot_keep: args
+            .snapshot_keep
+            .or(file.snapshot_keep)
+            .unwrap_or(3)
+            .max(1),
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
         admin_keys: admin_keys.into_iter().filter(|k| !k.is_empty()).collect(),
         search_keys: search_keys.into_iter().filter(|k| !k.is_empty()).collect(),

@@ -97,10 +97,10 @@ impl<C: HealthCheck> HealthCheck for Cached<C> {
     }
     fn check(&self) -> Outcome {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, outcome)) = &*last {
-            if at.elapsed() < self.ttl {
-                return outcome.clone();
-            }
+        if let Some((at, outcome)) = &*last
+            && at.elapsed() < self.ttl
+        {
+            return outcome.clone();
         }
         let outcome = self.inner.check();
         *last = Some((Instant::now(), outcome.clone()));

@@ -332,7 +332,7 @@ mod tests {
             let matches = |s: i64| {
                 let m = ((s % 3600) / 60) as u32;
                 let h = ((s % 86_400) / 3600) as u32;
-                h == hour && m >= minute && (m - minute) % step == 0
+                h == hour && m >= minute && (m - minute).is_multiple_of(step)
             };
             prop_assert!(matches(n));
             let mut s = (t / 60 + 1) * 60;

@@ -236,11 +236,11 @@ impl<M: Manager> Manager for Wrapped<M> {
             Shared::bump(&self.shared.counters.unhealthy);
             return Err(e);
         }
-        if let Some(check) = &self.health {
-            if !check(&mut entry.value) {
-                Shared::bump(&self.shared.counters.unhealthy);
-                return Err(RecycleError::message("health check failed"));
-            }
+        if let Some(check) = &self.health
+            && !check(&mut entry.value)
+        {
+            Shared::bump(&self.shared.counters.unhealthy);
+            return Err(RecycleError::message("health check failed"));
         }
         Ok(())
     }
@@ -774,7 +774,7 @@ mod tests {
     async fn unhealthy_objects_are_replaced() {
         let pool = Pool::builder("health", Counting::default())
             .max_size(2)
-            .health_check(|c: &mut Conn| c.id % 2 == 0)
+            .health_check(|c: &mut Conn| c.id.is_multiple_of(2))
             .build()
             .unwrap();
         let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());

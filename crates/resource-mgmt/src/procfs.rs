@@ -231,15 +231,16 @@ impl Procfs {
                 );
             }
         }
-        if found.limit.is_none() && found.usage.is_none() {
-            if let Some(path) = &membership.v1_memory {
-                found = self.walk(
-                    &self.cgroup_root.join("memory"),
-                    path,
-                    "memory.limit_in_bytes",
-                    "memory.usage_in_bytes",
-                );
-            }
+        if found.limit.is_none()
+            && found.usage.is_none()
+            && let Some(path) = &membership.v1_memory
+        {
+            found = self.walk(
+                &self.cgroup_root.join("memory"),
+                path,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            );
         }
         found
     }

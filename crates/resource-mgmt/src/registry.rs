@@ -70,10 +70,10 @@ impl Slab {
     }
 
     fn remove(&mut self, slot: usize) {
-        if let Some(e) = self.entries.get_mut(slot) {
-            if e.take().is_some() {
-                self.free.push(slot);
-            }
+        if let Some(e) = self.entries.get_mut(slot)
+            && e.take().is_some()
+        {
+            self.free.push(slot);
         }
         // Give memory back after a burst: trailing free slots are dropped, and stale free-list
         // entries with them once they dominate.

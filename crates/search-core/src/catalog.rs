@@ -170,10 +170,10 @@ impl Catalog {
         let mut names = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| CoreError::io(&self.root, e))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if self.exists(name) {
-                    names.push(name.to_string());
-                }
+            if let Some(name) = entry.file_name().to_str()
+                && self.exists(name)
+            {
+                names.push(name.to_string());
             }
         }
         names.sort();
@@ -286,6 +286,7 @@ impl Catalog {
                 after: before,
             });
         }
+        self.ensure_not_in_use(name)?;
         let dir = self.index_dir(name);
         let impossible = |reason: String| CoreError::RepairImpossible {
             index: name.to_string(),
@@ -389,6 +390,7 @@ impl Catalog {
     /// files are moved to `DATA/<name>/damaged-<ms>/`.
     pub fn restore(&self, name: &str, id: Option<&str>) -> Result<RepairReport> {
         let before = self.verify(name)?;
+        self.ensure_not_in_use(name)?;
         let dir = self.index_dir(name);
         let snaps = crate::snapshot::list_snapshots(&dir)?;
         let chosen = match id {
@@ -420,6 +422,29 @@ impl Catalog {
             before,
             after,
         })
+    }
+
+    /// Fails with [`CoreError::WriterLocked`] when a writer (a running server, another
+    /// command) holds the index: its files must not be swapped under it.
+    fn ensure_not_in_use(&self, name: &str) -> Result<()> {
+        let lock = self
+            .index_dir(name)
+            .join(TANTIVY_DIR)
+            .join(".tantivy-writer.lock");
+        let Ok(file) = fs::File::open(&lock) else {
+            return Ok(()); // no lock file: nobody ever wrote, or the folder is gone
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                Ok(())
+            }
+            Err(fs::TryLockError::WouldBlock) => Err(CoreError::WriterLocked {
+                name: name.to_string(),
+                lock,
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(CoreError::io(&lock, e)),
+        }
     }
 
     /// Deletes an index and its files. The folder is first renamed away, so the index

@@ -229,6 +229,11 @@ impl SearchIndex {
         &self.index
     }
 
+    /// Fails with [`CoreError::WrongKind`] unless this is a documents index.
+    pub fn require_documents(&self) -> Result<()> {
+        self.require_kind(IndexKind::Documents)
+    }
+
     pub(crate) fn require_kind(&self, expected: IndexKind) -> Result<()> {
         if self.kind == expected {
             Ok(())

@@ -144,15 +144,17 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
             }
         }
     }
-    match index.validate_checksum() {
-        Ok(bad) => {
-            let mut bad: Vec<PathBuf> = bad.into_iter().collect();
-            bad.sort();
-            for f in bad {
-                damage(tdir.join(f), "checksum mismatch".into());
-            }
+    // Every file of the commit, not only those Tantivy lists in `.managed.json` (which
+    // `Index::validate_checksum` limits itself to).
+    for f in files.iter().filter(|f| f.as_os_str() != "meta.json") {
+        if !tdir.join(f).exists() {
+            continue;
         }
-        Err(e) => damage(tdir.clone(), format!("checksum verification failed: {e}")),
+        match index.directory().validate_checksum(f) {
+            Ok(true) => {}
+            Ok(false) => damage(tdir.join(f), "checksum mismatch".into()),
+            Err(e) => damage(tdir.join(f), format!("unreadable footer: {e}")),
+        }
     }
     report.files_checked = files.len().saturating_sub(1);
     if !missing {

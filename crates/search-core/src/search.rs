@@ -272,10 +272,10 @@ fn highlight(h: &Highlighter, doc: &TantivyDocument) -> BTreeMap<String, Highlig
         Highlighter::None => {}
         Highlighter::Fields(gens) => {
             for (name, field, generator) in gens {
-                if let Some(text) = doc.get_first(*field).and_then(|v| v.as_str()) {
-                    if let Some(hl) = Highlight::from_snippet(&generator.snippet(text)) {
-                        out.insert(name.clone(), hl);
-                    }
+                if let Some(text) = doc.get_first(*field).and_then(|v| v.as_str())
+                    && let Some(hl) = Highlight::from_snippet(&generator.snippet(text))
+                {
+                    out.insert(name.clone(), hl);
                 }
             }
         }

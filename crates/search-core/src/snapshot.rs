@@ -185,16 +185,20 @@ pub(crate) fn materialize(
     // Check what we built before anyone relies on it.
     let index =
         Index::open_in_dir(&build).map_err(|e| CoreError::tantivy("snapshot", "open", e))?;
-    let bad = index
-        .validate_checksum()
-        .map_err(|e| CoreError::tantivy("snapshot", "verify", e))?;
+    let mut bad = Vec::new();
+    for name in files.iter().filter(|n| *n != "meta.json") {
+        match index.directory().validate_checksum(Path::new(name)) {
+            Ok(true) => {}
+            Ok(false) => bad.push(name.clone()),
+            Err(e) => bad.push(format!("{name} ({e})")),
+        }
+    }
     if !bad.is_empty() {
         let _ = fs::remove_dir_all(&build);
-        let names: Vec<String> = bad.iter().map(|p| p.display().to_string()).collect();
         return Err(CoreError::SnapshotDamaged {
             detail: format!(
                 "the index's files failed their checksums while being copied: {}",
-                names.join(", ")
+                bad.join(", ")
             ),
         });
     }
@@ -240,12 +244,16 @@ pub(crate) fn snapshot_is_sound(
             return Err(format!("{} is missing", dir.join(f).display()));
         }
     }
-    let bad = index.validate_checksum().map_err(|e| e.to_string())?;
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("checksum mismatch in {bad:?}"))
+    for f in info.files.iter().filter(|f| f.name != "meta.json") {
+        if !index
+            .directory()
+            .validate_checksum(Path::new(&f.name))
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!("checksum mismatch in {}", f.name));
+        }
     }
+    Ok(())
 }
 
 /// Replaces `index_dir/index` by a copy of the snapshot's files, moving the current Tantivy
@@ -265,6 +273,18 @@ pub(crate) fn install_snapshot(index_dir: &Path, info: &SnapshotInfo) -> Result<
             .and_then(|f| f.sync_all())
             .map_err(|e| io(&dst, e))?;
     }
+    // Tantivy garbage-collects only the files listed in `.managed.json`: list the restored
+    // segment files so that merges can retire them later.
+    let managed: Vec<&str> = info
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| *n != "meta.json")
+        .collect();
+    let managed_path = fresh.join(".managed.json");
+    let mut text = serde_json::to_vec(&managed).expect("names serialize");
+    text.push(b'\n');
+    fs::write(&managed_path, text).map_err(|e| io(&managed_path, e))?;
     sync_dir(&fresh)?;
     let kept = move_aside(index_dir)?;
     let live = index_dir.join(TANTIVY_DIR);

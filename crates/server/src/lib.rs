@@ -58,6 +58,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app = routes::app(state.clone());
     let committer = tokio::spawn(commit_loop(state.clone(), shutdown.clone()));
+    start_maintenance(&state);
 
     let (close_tx, close_rx) = watch::channel(false);
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
@@ -94,6 +95,10 @@ pub async fn run(
     }
     at_least(&mut shutdown, 1).await;
     committer.abort();
+    let report = state.0.tasks.shutdown(Duration::from_secs(5)).await;
+    if !report.abandoned.is_empty() {
+        tracing::warn!(tasks = ?report.abandoned, "background tasks still running at shutdown were abandoned");
+    }
     let st = state.clone();
     let failures = tokio::task::spawn_blocking(move || st.commit_and_close_all())
         .await
@@ -109,6 +114,49 @@ pub async fn run(
             "final commit failed for {} index(es)",
             failures.len()
         )))
+    }
+}
+
+/// Registers the background jobs: the periodic scrub (checksums of every index) and
+/// snapshots. A failing or panicking job is recorded in its stats and runs again next time.
+fn start_maintenance(state: &AppState) {
+    let cfg = &state.0.config;
+    let tasks = &state.0.tasks;
+    if let Some(every) = cfg.scrub_interval {
+        let st = state.clone();
+        let spec = resource_mgmt::JobSpec::every("scrub", every).with_jitter(every / 10);
+        let added = tasks.add_blocking(spec, move || {
+            let damaged: Vec<String> = st
+                .verify_all()
+                .into_iter()
+                .filter(|r| !r.is_sound())
+                .map(|r| r.summary())
+                .collect();
+            if damaged.is_empty() {
+                Ok(())
+            } else {
+                Err(damaged.join("; ").into())
+            }
+        });
+        if let Err(e) = added {
+            tracing::error!(error = %e, "cannot schedule the scrub");
+        }
+    }
+    if let Some(every) = cfg.snapshot_interval {
+        let st = state.clone();
+        let spec = resource_mgmt::JobSpec::every("snapshot", every).with_jitter(every / 10);
+        let added = tasks.add_blocking(spec, move || {
+            let failures = st.snapshot_all();
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                let text: Vec<String> = failures.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+                Err(text.join("; ").into())
+            }
+        });
+        if let Err(e) = added {
+            tracing::error!(error = %e, "cannot schedule snapshots");
+        }
     }
 }
 

@@ -72,9 +72,39 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
         200,
     ),
     (
+        "post",
+        "/v1/indexes/{name}/snapshots",
+        "Take a snapshot of a documents index (committing pending writes first); old ones beyond the retention are pruned.",
+        201,
+    ),
+    (
+        "get",
+        "/v1/indexes/{name}/snapshots",
+        "List an index's snapshots, oldest first.",
+        200,
+    ),
+    (
+        "post",
+        "/v1/indexes/{name}/repair",
+        "Repair a damaged index: roll back to the newest sound snapshot and replay the write-ahead log (files indexes: rebuild from the source folder). Damaged files are kept aside.",
+        200,
+    ),
+    (
         "get",
         "/v1/admin/errors",
         "Errors seen since start, by code and severity.",
+        200,
+    ),
+    (
+        "post",
+        "/v1/admin/verify",
+        "Check every index's files now (checksums, presence, write-ahead log); damaged indexes are taken out of service.",
+        200,
+    ),
+    (
+        "get",
+        "/v1/admin/tasks",
+        "Background tasks (scrub, snapshots) with runs, failures, durations and last error.",
         200,
     ),
 ];

@@ -48,7 +48,14 @@ pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
             get(search_get).post(search_post),
         )
         .route("/v1/indexes/{name}/commit", post(commit))
+        .route(
+            "/v1/indexes/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route("/v1/indexes/{name}/repair", post(repair_index))
         .route("/v1/admin/errors", get(admin_errors))
+        .route("/v1/admin/verify", post(admin_verify))
+        .route("/v1/admin/tasks", get(admin_tasks))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -474,13 +481,19 @@ struct SearchBody<'a> {
 async fn run_search(state: AppState, name: String, req: SearchRequest) -> ApiResult {
     let started = Instant::now();
     let entry = state.entry(&name)?;
+    let suspect = state.clone();
+    let suspect_name = name.clone();
     // Serializing a page of documents is as much work as finding them: it happens on the
     // search pool too, so the async threads stay free for /readyz, /livez and I/O.
     let body = state
         .0
         .search_pool
         .run(move || {
-            let resp = entry.index.search(&req)?;
+            let resp = entry.index.search(&req).inspect_err(|e| {
+                if search_error::Classify::code(e) == ErrorCode::DataCorruption {
+                    suspect.suspect(&suspect_name);
+                }
+            })?;
             sonic_rs::to_vec(&SearchBody {
                 hits: &resp.hits,
                 total: resp.total,
@@ -541,5 +554,62 @@ async fn commit(
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"committed": true, "docs": docs}),
+    ))
+}
+
+async fn create_snapshot(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let entry = state.entry(&name)?;
+    let keep = state.0.config.snapshot_keep;
+    let info = blocking(move || {
+        entry.index.require_documents()?;
+        let info = entry.index.snapshot()?;
+        entry.index.prune_snapshots(keep)?;
+        Ok(info)
+    })
+    .await?;
+    Ok(json(StatusCode::CREATED, &info))
+}
+
+async fn list_snapshots(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let entry = state.entry(&name)?;
+    let list = blocking(move || Ok(entry.index.snapshots()?)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "snapshots": list }),
+    ))
+}
+
+async fn repair_index(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let st = state.clone();
+    let report = blocking(move || st.repair(&name)).await?;
+    Ok(json(StatusCode::OK, &report))
+}
+
+async fn admin_verify(State(state): State<AppState>) -> ApiResult {
+    let st = state.clone();
+    let reports = blocking(move || Ok(st.verify_all())).await?;
+    let sound = reports.iter().all(|r| r.is_sound());
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "sound": sound, "indexes": reports }),
+    ))
+}
+
+async fn admin_tasks(State(state): State<AppState>) -> ApiResult {
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "tasks": state.0.tasks.stats() }),
     ))
 }

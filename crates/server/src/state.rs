@@ -39,6 +39,15 @@ pub struct ServerConfig {
     pub disk_critical: f64,
     /// Memory usage above which the service is unready (fraction of RAM, default 0.95).
     pub memory_critical: f64,
+    /// Check every index's files (checksums, presence, log) before serving it (default on).
+    pub verify_on_start: bool,
+    /// How often every index is checked again in the background (default 1 h; `None`: never).
+    pub scrub_interval: Option<Duration>,
+    /// How often documents indexes are snapshotted (default 1 h; `None`: never). Repair rolls
+    /// back to a snapshot and replays the log; the log is kept back to the oldest snapshot.
+    pub snapshot_interval: Option<Duration>,
+    /// Snapshots kept per index (default 3).
+    pub snapshot_keep: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +63,10 @@ impl Default for ServerConfig {
             search_queue: 1024,
             disk_critical: 0.95,
             memory_critical: 0.95,
+            verify_on_start: true,
+            scrub_interval: Some(Duration::from_secs(3600)),
+            snapshot_interval: Some(Duration::from_secs(3600)),
+            snapshot_keep: 3,
         }
     }
 }
@@ -81,7 +94,7 @@ impl IndexEntry {
 
     /// Replays the index's write-ahead log (documents indexes), recording a failure where
     /// `/readyz` shows it.
-    fn recover(&self) {
+    pub(crate) fn recover(&self) {
         let name = self.index.name().to_string();
         match self.index.recover() {
             Ok(stats) if stats.replayed > 0 || stats.torn_bytes > 0 => tracing::info!(
@@ -133,6 +146,8 @@ pub(crate) struct Inner {
     pub(crate) errors: ErrorReporter,
     pub(crate) metrics: Metrics,
     pub(crate) search_pool: crate::pool::Pool,
+    /// Background maintenance (scrub, snapshots); jobs are added when serving starts.
+    pub(crate) tasks: resource_mgmt::Scheduler,
 }
 
 /// Cheap-to-clone handle on the service state.
@@ -180,6 +195,7 @@ impl AppState {
             health: Health::new(),
             errors: ErrorReporter::new(),
             metrics,
+            tasks: resource_mgmt::Scheduler::new(),
         }));
         state.register_checks();
         state.start_recovery();
@@ -190,24 +206,166 @@ impl AppState {
     /// answers 503 until every index is done. Writes to an index wait for its replay (they
     /// queue on its writer); searches see the last commit meanwhile.
     fn start_recovery(&self) {
-        let entries: Vec<Arc<IndexEntry>> = self
+        let verify = self.0.config.verify_on_start;
+        let entries: Vec<(String, Arc<IndexEntry>)> = self
             .entries()
             .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.index.kind() == IndexKind::Documents)
+            .filter(|(_, e)| verify || e.index.kind() == IndexKind::Documents)
             .collect();
         if entries.is_empty() {
             return;
         }
-        for e in &entries {
+        for (_, e) in &entries {
             e.recovering.store(true, Ordering::SeqCst);
         }
+        let state = self.clone();
         let spawned = std::thread::Builder::new()
             .name("ironsift-recovery".into())
-            .spawn(move || entries.iter().for_each(|e| e.recover()));
+            .spawn(move || {
+                for (name, e) in &entries {
+                    if verify {
+                        let report = e.index.verify();
+                        tracing::info!(index = %name, files = report.files_checked, bytes = report.bytes_checked, took_ms = report.took_ms, sound = report.is_sound(), "verified");
+                        if !report.is_sound() {
+                            state.quarantine(name, &report.summary());
+                            e.recovering.store(false, Ordering::SeqCst);
+                            continue;
+                        }
+                    }
+                    if e.index.kind() == IndexKind::Documents {
+                        e.recover();
+                    }
+                    e.recovering.store(false, Ordering::SeqCst);
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the recovery thread; replaying on first write instead");
         }
+    }
+
+    /// Takes a damaged index out of service: it is closed, every request to it answers 503
+    /// naming the damage, and `/readyz` fails until it is repaired.
+    pub(crate) fn quarantine(&self, name: &str, reason: &str) {
+        tracing::error!(index = %name, damage = %reason, "index damaged: taken out of service until repaired (`ironsift repair` or POST /v1/indexes/{name}/repair)");
+        let removed = self
+            .0
+            .indexes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(entry) = removed {
+            entry.index.close_writer();
+        }
+        self.0
+            .broken
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), reason.to_string());
+    }
+
+    /// A read failed as corrupt: check that index on a background thread, quarantining it if
+    /// the damage is confirmed.
+    pub(crate) fn suspect(&self, name: &str) {
+        let Ok(entry) = self.entry(name) else { return };
+        let (state, name) = (self.clone(), name.to_string());
+        let _ = std::thread::Builder::new()
+            .name("ironsift-verify".into())
+            .spawn(move || {
+                let report = entry.index.verify();
+                if !report.is_sound() {
+                    state.quarantine(&name, &report.summary());
+                }
+            });
+    }
+
+    /// Checks every open index now; damaged ones are quarantined. Returns the reports.
+    pub fn verify_all(&self) -> Vec<search_core::VerifyReport> {
+        let mut reports = Vec::new();
+        for (name, entry) in self.entries() {
+            let mut report = entry.index.verify();
+            if !report.is_sound() {
+                // A merge or commit can retire files between listing and reading them: only
+                // damage seen twice in a row counts.
+                report = entry.index.verify();
+            }
+            if !report.is_sound() {
+                self.quarantine(&name, &report.summary());
+            }
+            reports.push(report);
+        }
+        reports
+    }
+
+    /// Repairs an index (see [`search_core::Catalog::repair`]): it is closed first, repaired,
+    /// and opened again; on failure it stays out of service with the reason.
+    pub fn repair(&self, name: &str) -> Result<search_core::RepairReport, ApiError> {
+        search_core::validate_index_name(name)?;
+        let was_open = self
+            .0
+            .indexes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let was_broken = self
+            .0
+            .broken
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if was_open.is_none() && was_broken.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("index {name:?} not found"),
+            ));
+        }
+        if let Some(entry) = &was_open {
+            entry.index.close_writer();
+        }
+        let result = self.0.catalog.repair(name);
+        let reopened = match &result {
+            Ok(_) => self.0.catalog.open_index(name).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match reopened {
+            Ok(idx) => {
+                let entry = IndexEntry::new(idx);
+                self.0
+                    .indexes
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), entry);
+            }
+            Err(e) => {
+                let reason = was_broken.unwrap_or(e);
+                self.0
+                    .broken
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), reason);
+            }
+        }
+        result.map_err(ApiError::from)
+    }
+
+    /// Snapshots every documents index and prunes old snapshots (the periodic job).
+    pub fn snapshot_all(&self) -> Vec<(String, search_core::CoreError)> {
+        let keep = self.0.config.snapshot_keep;
+        let mut failures = Vec::new();
+        for (name, entry) in self.entries() {
+            if entry.index.kind() != IndexKind::Documents {
+                continue;
+            }
+            match entry.index.snapshot().and_then(|s| {
+                entry.index.prune_snapshots(keep)?;
+                Ok(s)
+            }) {
+                Ok(s) => {
+                    tracing::info!(index = %name, snapshot = %s.id, copied_bytes = s.copied_bytes, "snapshot taken")
+                }
+                Err(e) => failures.push((name, e)),
+            }
+        }
+        failures
     }
 
     /// Whether any index is still replaying its write-ahead log.
@@ -264,6 +422,13 @@ impl AppState {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
+            if e.recovering.load(Ordering::SeqCst) {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("index {name:?} is being verified and recovered; retry shortly"),
+                )
+                .retry_after(1));
+            }
             return Ok(e.clone());
         }
         if let Some(reason) = self
@@ -275,7 +440,7 @@ impl AppState {
         {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
-                format!("index {name:?} could not be opened: {reason}"),
+                format!("index {name:?} is out of service: {reason}"),
             ));
         }
         search_core::validate_index_name(name)?;

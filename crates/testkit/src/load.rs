@@ -311,11 +311,10 @@ pub async fn run(cfg: LoadConfig) -> io::Result<LoadReport> {
                         break;
                     }
                     let outcome = conn.get(&path, cfg.request_timeout).await;
-                    if sent >= measure_from {
-                        if let Outcome::Status(_) = outcome {
+                    if sent >= measure_from
+                        && let Outcome::Status(_) = outcome {
                             let _ = hist.record(us(sent.elapsed()));
                         }
-                    }
                 }
                 hist
             });

@@ -461,11 +461,10 @@ impl ServerProcess {
     /// process exits.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartError> {
         let result = wait_ready(&mut self.run, timeout);
-        if let Err(e) = &result {
-            if e.exit_status.is_some() {
+        if let Err(e) = &result
+            && e.exit_status.is_some() {
                 self.exited = e.exit_status;
             }
-        }
         result
     }
 
@@ -621,11 +620,10 @@ fn read_stdout(pipe: ChildStdout, buf: Arc<Mutex<Vec<u8>>>) -> mpsc::Receiver<So
                 buf.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend_from_slice(&line);
-                if !sent {
-                    if let Some(addr) = parse_listening_line(&String::from_utf8_lossy(&line)) {
+                if !sent
+                    && let Some(addr) = parse_listening_line(&String::from_utf8_lossy(&line)) {
                         sent = tx.send(addr).is_ok();
                     }
-                }
             }
         })
         .expect("cannot spawn the stdout reader thread");
