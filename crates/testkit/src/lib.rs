@@ -20,6 +20,7 @@
 //! strategies.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod corpus;
 pub mod http;
 pub mod load;
 mod process;
