@@ -180,6 +180,17 @@ pub enum CoreError {
         /// Why, and what the operator can do.
         reason: String,
     },
+    /// A search reached its deadline and the request did not accept partial results.
+    #[error(
+        "index {index:?}: the search was stopped at its deadline after {elapsed_ms} ms; \
+         allow more time, narrow the query, or accept partial results"
+    )]
+    DeadlineExceeded {
+        /// The index searched.
+        index: String,
+        /// Time spent before stopping, in milliseconds.
+        elapsed_ms: u64,
+    },
     /// Tantivy reported an error while operating on an index.
     #[error("index {index:?}: {op} failed: {source}")]
     Tantivy {
@@ -288,6 +299,7 @@ impl Classify for CoreError {
                 Some(28 | 122) => ErrorCode::StorageFull,
                 _ => ErrorCode::Unavailable,
             },
+            CoreError::DeadlineExceeded { .. } => ErrorCode::Timeout,
             CoreError::Tantivy { source, .. } => tantivy_code(source),
         }
     }

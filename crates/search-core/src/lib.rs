@@ -23,6 +23,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod catalog;
+mod deadline;
 mod document;
 mod error;
 mod files;

@@ -1,6 +1,8 @@
 //! Running a search: request validation, collection, stored documents and highlighted snippets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,6 +12,7 @@ use tantivy::schema::{Field, Value as _};
 use tantivy::snippet::{Snippet, SnippetGenerator};
 use tantivy::{Searcher, TantivyDocument};
 
+use crate::deadline::{self, Deadline};
 use crate::document::Document;
 use crate::error::{CoreError, Result};
 use crate::index::SearchIndex;
@@ -51,6 +54,20 @@ pub struct SearchRequest {
     /// non-competitive documents.
     #[serde(default = "yes")]
     pub count: bool,
+    /// Time budget in milliseconds, counted from the start of [`SearchIndex::search`]. Past
+    /// it, the search stops consuming CPU and answers what it found so far, with
+    /// [`SearchResponse::timed_out`] set (or fails, see `allow_partial`). `None`: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether a search that hits its deadline answers the hits gathered so far (`true`, the
+    /// default) or fails with [`CoreError::DeadlineExceeded`].
+    #[serde(default = "yes")]
+    pub allow_partial: bool,
+    /// An absolute deadline, for callers that start the clock themselves (e.g. when the request
+    /// arrived, before it waited in a queue). Not part of the JSON form. With `timeout_ms` as
+    /// well, the earlier of the two applies.
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
 }
 
 impl SearchRequest {
@@ -62,6 +79,9 @@ impl SearchRequest {
             offset: 0,
             highlight: false,
             count: true,
+            timeout_ms: None,
+            allow_partial: true,
+            deadline: None,
         }
     }
 
@@ -89,6 +109,37 @@ impl SearchRequest {
         self
     }
 
+    /// Sets the time budget, counted from the start of the search.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets an absolute deadline.
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// Whether hitting the deadline answers partial results (`true`) or an error.
+    pub fn allow_partial(mut self, on: bool) -> Self {
+        self.allow_partial = on;
+        self
+    }
+
+    /// The deadline of a search started at `start`: the earlier of [`SearchRequest::deadline`]
+    /// and `start + timeout_ms`. `None` when neither is set (or the budget is too large for the
+    /// clock to represent, which amounts to none).
+    pub fn effective_deadline(&self, start: Instant) -> Option<Instant> {
+        let budget = self
+            .timeout_ms
+            .and_then(|ms| start.checked_add(Duration::from_millis(ms)));
+        match (self.deadline, budget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.limit > MAX_LIMIT {
             return Err(CoreError::InvalidParameter {
@@ -114,8 +165,13 @@ impl SearchRequest {
 pub struct SearchResponse {
     /// The hits of the requested page, best first.
     pub hits: Vec<Hit>,
-    /// Number of matching documents, when counting was requested.
+    /// Number of matching documents, when counting was requested. When the search timed out,
+    /// the number counted before it stopped (a lower bound).
     pub total: Option<u64>,
+    /// The search stopped at its deadline: `hits` are the best of the documents examined so far
+    /// and `total` counts only those.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// One matching document.
@@ -185,11 +241,32 @@ enum Highlighter {
 
 impl SearchIndex {
     /// Parses and runs `req` against the latest committed state.
+    ///
+    /// With a deadline ([`SearchRequest::timeout_ms`], [`SearchRequest::deadline`]), collecting
+    /// stops when it passes (the CPU work ends there: nothing goes on in the background) and
+    /// highlighting is skipped from then on; the stored documents of the hits found so far are
+    /// still fetched, as that is bounded by the page size. The answer says
+    /// [`SearchResponse::timed_out`]; or, when the request does not allow partial results, the
+    /// search fails with [`CoreError::DeadlineExceeded`].
     pub fn search(&self, req: &SearchRequest) -> Result<SearchResponse> {
+        let started = Instant::now();
         req.validate()?;
         let query = self.queries.parse(&req.query, &self.config.query_limits)?;
         let searcher = self.reader.searcher();
-        self.run(&searcher, query.as_ref(), req)
+        let deadline = req.effective_deadline(started).map(Deadline::new);
+        let resp = self.run(&searcher, query.as_ref(), req, deadline.as_ref(), started)?;
+        // Also when the deadline passed while highlighting: some snippets are missing.
+        if resp.timed_out && !req.allow_partial {
+            return Err(self.deadline_exceeded(started));
+        }
+        Ok(resp)
+    }
+
+    fn deadline_exceeded(&self, started: Instant) -> CoreError {
+        CoreError::DeadlineExceeded {
+            index: self.name.clone(),
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     fn run(
@@ -197,8 +274,12 @@ impl SearchIndex {
         searcher: &Searcher,
         query: &dyn Query,
         req: &SearchRequest,
+        deadline: Option<&Arc<Deadline>>,
+        started: Instant,
     ) -> Result<SearchResponse> {
         let err = |e| CoreError::tantivy(&self.name, "search", e);
+        // Reads the clock: past the deadline, highlighting is skipped.
+        let past_deadline = || deadline.is_some_and(|d| d.check());
         // Each shape gets its own collector: Tantivy prunes non-competitive documents
         // (block-WAND) only when the top-k collector runs alone, not inside a tuple.
         let top_k = || {
@@ -207,18 +288,29 @@ impl SearchIndex {
                 .order_by_score()
         };
         let (top, total) = match (req.limit > 0, req.count) {
-            (true, false) => (searcher.search(query, &top_k()).map_err(err)?, None),
+            (true, false) => (
+                deadline::search(searcher, query, &top_k(), deadline).map_err(err)?,
+                None,
+            ),
             (true, true) => {
-                let (top, n) = searcher.search(query, &(top_k(), Count)).map_err(err)?;
+                let (top, n) =
+                    deadline::search(searcher, query, &(top_k(), Count), deadline).map_err(err)?;
                 (top, Some(n))
             }
             (false, true) => (
                 Vec::new(),
-                Some(searcher.search(query, &Count).map_err(err)?),
+                Some(deadline::search(searcher, query, &Count, deadline).map_err(err)?),
             ),
             (false, false) => (Vec::new(), None),
         };
-        let highlighter = if req.highlight && !top.is_empty() {
+        if !req.allow_partial && deadline.is_some_and(|d| d.expired()) {
+            // Fetching documents for an incomplete answer nobody wants would be wasted work.
+            return Err(self.deadline_exceeded(started));
+        }
+        // Snippets cost as much as the search itself on long documents: none past the deadline.
+        // Stored documents are still fetched: the partial hits are the point of a timed-out
+        // answer, and that work is bounded by the page size, not by the corpus.
+        let highlighter = if req.highlight && !top.is_empty() && !past_deadline() {
             self.highlighter(searcher, query).map_err(err)?
         } else {
             Highlighter::None
@@ -228,7 +320,11 @@ impl SearchIndex {
             let doc: TantivyDocument = searcher
                 .doc(addr)
                 .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
-            let highlights = highlight(&highlighter, &doc);
+            let highlights = if matches!(highlighter, Highlighter::None) || past_deadline() {
+                BTreeMap::new()
+            } else {
+                highlight(&highlighter, &doc)
+            };
             let (id, doc) = self.stored_document(doc);
             hits.push(Hit {
                 id,
@@ -240,6 +336,7 @@ impl SearchIndex {
         Ok(SearchResponse {
             hits,
             total: total.map(|t: usize| t as u64),
+            timed_out: deadline.is_some_and(|d| d.expired()),
         })
     }
 
