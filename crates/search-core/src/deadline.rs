@@ -25,6 +25,13 @@
 //!   answers an empty one.
 //!
 //! Nothing runs in the background: when the search call returns, the work has stopped.
+//!
+//! **Limits.** The clock is read between documents, so a step Tantivy takes without yielding a
+//! document is not interrupted: building the weight (term statistics), building a segment's
+//! scorer, and one refill of a union's 4,096-document window. Most are small; the exception is
+//! `word*` prefix queries, whose scorer (Tantivy's automaton weight) gathers every document of
+//! every expanded term into a bitset inside `Weight::scorer`: on a large segment with a short
+//! prefix that is the whole query's work, and a deadline only stops it at the next segment.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -377,4 +384,96 @@ pub(crate) fn search<C: Collector>(
         fruits.push(collector.collect_segment(&weight, ord as u32, reader)?);
     }
     collector.merge_fruits(fruits)
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::query::{AllQuery, BoostQuery, PhraseQuery};
+    use tantivy::schema::{IndexRecordOption, Schema, TEXT};
+
+    use super::*;
+
+    fn term(word: &str) -> Term {
+        let mut schema = Schema::builder();
+        let field = schema.add_text_field("t", TEXT);
+        Term::from_field_text(field, word)
+    }
+
+    fn term_query(word: &str) -> Box<dyn Query> {
+        Box::new(TermQuery::new(term(word), IndexRecordOption::WithFreqs))
+    }
+
+    #[test]
+    fn only_shapes_tantivy_prunes_natively_may_skip_the_scorer_path() {
+        let single = Shape::of(term_query("a").as_ref());
+        assert!(single.single_term);
+        assert_eq!(single.pruning_terms, Some(vec![term("a")]));
+
+        let union = BooleanQuery::union(vec![term_query("a"), term_query("b")]);
+        let shape = Shape::of(&union);
+        assert!(!shape.single_term && !shape.conjunction);
+        assert_eq!(shape.pruning_terms, Some(vec![term("a"), term("b")]));
+
+        let conjunction = BooleanQuery::intersection(vec![term_query("a"), term_query("b")]);
+        assert!(Shape::of(&conjunction).conjunction);
+        assert!(Shape::of(&conjunction).pruning_terms.is_some());
+
+        // Tantivy runs these with its generic loop over a scorer: ours must be that scorer.
+        let mixed = BooleanQuery::new(vec![
+            (Occur::Must, term_query("a")),
+            (Occur::Should, term_query("b")),
+        ]);
+        let negated = BooleanQuery::new(vec![
+            (Occur::Should, term_query("a")),
+            (Occur::MustNot, term_query("b")),
+        ]);
+        let nested = BooleanQuery::union(vec![term_query("a"), Box::new(union)]);
+        let phrase = PhraseQuery::new(vec![term("a"), term("b")]);
+        let boosted = BoostQuery::new(term_query("a"), 2.0);
+        let at_least_two = BooleanQuery::with_minimum_required_clauses(
+            vec![
+                (Occur::Should, term_query("a")),
+                (Occur::Should, term_query("b")),
+                (Occur::Should, term_query("c")),
+            ],
+            2,
+        );
+        let others: [&dyn Query; 7] = [
+            &mixed,
+            &negated,
+            &nested,
+            &phrase,
+            &boosted,
+            &at_least_two,
+            &AllQuery,
+        ];
+        for q in others {
+            assert_eq!(Shape::of(q).pruning_terms, None, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn the_stride_adapts_to_the_cost_of_a_document() {
+        let deadline = Deadline::new(Instant::now() + Duration::from_secs(600));
+        let mut ticker = Ticker::new(deadline.clone());
+        // Cheap documents: clock reads come too often, the stride grows.
+        for _ in 0..10_000_000 {
+            assert!(!ticker.tick(1), "the deadline is far away");
+            if ticker.stride > 64 {
+                break;
+            }
+        }
+        assert!(ticker.stride > 64, "{}", ticker.stride);
+        // Costly documents: the stride shrinks until every document reads the clock.
+        while ticker.stride > MIN_STRIDE {
+            std::thread::sleep(CHECK_TOO_RARELY * 2);
+            let _ = ticker.read_clock();
+        }
+        assert!(!deadline.expired());
+        // Past the deadline, the next read says so and the deadline remembers it.
+        let past = Deadline::new(Instant::now());
+        let mut ticker = Ticker::new(past.clone());
+        assert!(ticker.read_clock());
+        assert!(past.expired() && past.check());
+    }
 }
