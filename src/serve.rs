@@ -85,6 +85,36 @@ pub(crate) struct ServeArgs {
     /// Snapshots kept per index [default: 3].
     #[arg(long, env = "IRONSIFT_SNAPSHOT_KEEP")]
     snapshot_keep: Option<usize>,
+    /// Searches running at once [default: one per core].
+    #[arg(long, env = "IRONSIFT_SEARCH_CONCURRENCY")]
+    search_concurrency: Option<usize>,
+    /// Searches that may wait for a slot; more (or a wait beyond the deadline) get 503 +
+    /// Retry-After at once [default: 64].
+    #[arg(long, env = "IRONSIFT_SEARCH_QUEUE")]
+    search_queue: Option<usize>,
+    /// Writes running at once [default: 2].
+    #[arg(long, env = "IRONSIFT_INDEX_CONCURRENCY")]
+    index_concurrency: Option<usize>,
+    /// Writes that may wait for a slot [default: 16].
+    #[arg(long, env = "IRONSIFT_INDEX_QUEUE")]
+    index_queue: Option<usize>,
+    /// Requests per second per client (API key, else IP); beyond: 429 + Retry-After.
+    /// 0 disables [default: 0].
+    #[arg(long, env = "IRONSIFT_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Requests a client may burst above its rate [default: twice the rate].
+    #[arg(long, env = "IRONSIFT_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// Memory for cached search answers in MiB (also served, flagged degraded, when an index
+    /// is failing or the server overloaded); 0 disables [default: 64].
+    #[arg(long, env = "IRONSIFT_CACHE_MB")]
+    cache_mb: Option<usize>,
+    /// Deadline of a search that gives no timeout_ms [default: 2s].
+    #[arg(long, env = "IRONSIFT_SEARCH_TIMEOUT", value_parser = parse_duration)]
+    search_timeout: Option<Duration>,
+    /// Largest timeout_ms accepted [default: 30s].
+    #[arg(long, env = "IRONSIFT_MAX_SEARCH_TIMEOUT", value_parser = parse_duration)]
+    max_search_timeout: Option<Duration>,
 }
 
 /// The TOML file: every key optional, unknown keys rejected (typos must not pass silently).
@@ -109,6 +139,15 @@ struct FileConfig {
     scrub_interval: Option<String>,
     snapshot_interval: Option<String>,
     snapshot_keep: Option<usize>,
+    search_concurrency: Option<usize>,
+    search_queue: Option<usize>,
+    index_concurrency: Option<usize>,
+    index_queue: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    cache_mb: Option<usize>,
+    search_timeout: Option<String>,
+    max_search_timeout: Option<String>,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -145,6 +184,20 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+}
+
+/// Binds with a deep accept queue: a burst of connections (a thousand clients arriving at
+/// once) must wait in the kernel's queue, not have their SYNs dropped, which costs each of
+/// them a one-second retransmission (the kernel caps it at `net.core.somaxconn`).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
@@ -240,7 +293,52 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         "snapshot_interval",
         &file.snapshot_interval,
     )?;
+    let defaults = server::AdmissionConfig::default();
+    let admission = server::AdmissionConfig {
+        search_concurrency: args
+            .search_concurrency
+            .or(file.search_concurrency)
+            .unwrap_or(defaults.search_concurrency)
+            .max(1),
+        search_queue: args
+            .search_queue
+            .or(file.search_queue)
+            .unwrap_or(defaults.search_queue),
+        index_concurrency: args
+            .index_concurrency
+            .or(file.index_concurrency)
+            .unwrap_or(defaults.index_concurrency)
+            .max(1),
+        index_queue: args
+            .index_queue
+            .or(file.index_queue)
+            .unwrap_or(defaults.index_queue),
+        rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(0),
+        rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(0),
+        cache_bytes: args.cache_mb.or(file.cache_mb).unwrap_or(64) << 20,
+        ..defaults
+    };
+    let search_timeout = match args.search_timeout {
+        Some(d) => d,
+        None => Duration::from_millis(
+            from_file("search_timeout", &file.search_timeout, parse_ms)?.unwrap_or(2_000),
+        ),
+    };
+    let max_search_timeout = match args.max_search_timeout {
+        Some(d) => d,
+        None => Duration::from_millis(
+            from_file("max_search_timeout", &file.max_search_timeout, parse_ms)?.unwrap_or(30_000),
+        ),
+    };
+    if search_timeout.is_zero() || search_timeout > max_search_timeout {
+        anyhow::bail!(
+            "--search-timeout ({search_timeout:?}) must be above 0 and at most --max-search-timeout ({max_search_timeout:?})"
+        );
+    }
     let config = ServerConfig {
+        admission,
+        search_timeout,
+        max_search_timeout,
         verify_on_start: args
             .verify_on_start
             .or(file.verify_on_start)
@@ -289,9 +387,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async move {
         let state = AppState::open(catalog, config).map_err(anyhow::Error::msg)?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data = %data.display(), "listening");
         // Scripts and the test harness read the bound address (port 0 picks one) from stdout.

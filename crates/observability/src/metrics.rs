@@ -21,6 +21,9 @@ pub const INDEX_DOCS: &str = "ironsift_index_docs";
 pub const INDEX_SEGMENTS: &str = "ironsift_index_segments";
 /// Bytes on disk per `index`.
 pub const INDEX_BYTES: &str = "ironsift_index_bytes";
+/// Search answers served from the cache because the index's breaker was open or the service
+/// was overloaded (flagged `degraded`).
+pub const DEGRADED_ANSWERS: &str = "ironsift_degraded_answers_total";
 /// Always 1, labelled with `version`.
 pub const BUILD_INFO: &str = "ironsift_build_info";
 
@@ -82,6 +85,10 @@ fn describe() {
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served.");
     describe_counter!(ERRORS, "Errors by code and severity.");
+    describe_counter!(
+        DEGRADED_ANSWERS,
+        "Search answers served from the cache (degraded) while the index breaker was open or the service overloaded."
+    );
     describe_gauge!(INDEX_DOCS, "Searchable documents per index.");
     describe_gauge!(INDEX_SEGMENTS, "Committed segments per index.");
     describe_gauge!(INDEX_BYTES, Unit::Bytes, "Bytes on disk per index.");

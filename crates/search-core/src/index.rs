@@ -117,6 +117,11 @@ pub struct SearchIndex {
 struct OpenWriter {
     writer: IndexWriter,
     wal: Option<Arc<Wal>>,
+    /// A Tantivy call failed (e.g. ENOSPC while writing a segment). The writer is not to be
+    /// trusted after that: a failed `prepare_commit` leaves it without its indexing threads,
+    /// and documents added afterwards are silently dropped by the next commit. It is thrown
+    /// away at its next use and a fresh one replays the log from the last commit.
+    failed: bool,
 }
 
 /// One write, converted and ready to log and apply.
@@ -204,6 +209,12 @@ impl SearchIndex {
         })
     }
 
+    /// The generation of the searcher now served: it changes with every commit that becomes
+    /// visible, so cached answers can be keyed by it.
+    pub fn generation(&self) -> u64 {
+        self.reader.searcher().generation().generation_id()
+    }
+
     /// Index name.
     pub fn name(&self) -> &str {
         &self.name
@@ -257,7 +268,7 @@ impl SearchIndex {
 
     /// Runs `f` with the writer and the log, opening both (and replaying the log) on first use.
     fn with_open<T>(&self, f: impl FnOnce(&mut OpenWriter) -> Result<T>) -> Result<T> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer_slot();
         if matches!(*guard, WriterSlot::Idle) {
             *guard = WriterSlot::Open(Box::new(self.open_slot()?));
         }
@@ -269,12 +280,31 @@ impl SearchIndex {
         }
     }
 
+    /// The writer slot, a writer marked failed dropped first (which releases its lock): the
+    /// next use opens a fresh one, replaying the log, so nothing acknowledged is lost.
+    fn writer_slot(&self) -> MutexGuard<'_, WriterSlot> {
+        let mut guard = lock(&self.writer);
+        if matches!(&*guard, WriterSlot::Open(w) if w.failed) {
+            tracing::warn!(index = %self.name, "dropping the index writer after a failed write or commit; the next write reopens it and replays the write-ahead log");
+            if let WriterSlot::Open(w) = std::mem::replace(&mut *guard, WriterSlot::Idle)
+                && let Some(wal) = &w.wal
+            {
+                wal.retire();
+            }
+        }
+        guard
+    }
+
     /// Opens the writer; for documents indexes also the log, applying again every record the
     /// last commit does not cover, and committing them.
     fn open_slot(&self) -> Result<OpenWriter> {
         let mut writer = self.open_writer()?;
         if self.kind != IndexKind::Documents {
-            return Ok(OpenWriter { writer, wal: None });
+            return Ok(OpenWriter {
+                writer,
+                wal: None,
+                failed: false,
+            });
         }
         let committed = self.committed_wal_seq()?;
         let started = std::time::Instant::now();
@@ -297,7 +327,9 @@ impl SearchIndex {
                     writer.delete_term(self.id_term(&id));
                     writer
                         .add_document(doc)
-                        .map_err(|e| CoreError::tantivy(&self.name, "replay", e))?;
+                        .map_err(|e| {
+                            CoreError::tantivy(&self.name, "replay", dead_writer_cause(&mut writer, e))
+                        })?;
                 }
                 WalRecord::Delete { id } => {
                     writer.delete_term(self.id_term(&id));
@@ -326,6 +358,7 @@ impl SearchIndex {
         Ok(OpenWriter {
             writer,
             wal: Some(Arc::new(wal)),
+            failed: false,
         })
     }
 
@@ -376,7 +409,7 @@ impl SearchIndex {
             fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
             // Holding the writer lock keeps commits out; a merge finishing meanwhile can still
             // delete a merged-away segment's files, which shows as NotFound: try again.
-            let mut guard = lock(&self.writer);
+            let mut guard = self.writer_slot();
             if let WriterSlot::Open(ow) = &mut *guard {
                 self.commit_open(ow)?;
             }
@@ -471,9 +504,11 @@ impl SearchIndex {
                 match op {
                     Prepared::Upsert { id, doc, .. } => {
                         ow.writer.delete_term(self.id_term(&id));
-                        ow.writer
-                            .add_document(doc)
-                            .map_err(|e| CoreError::tantivy(&self.name, "add document", e))?;
+                        if let Err(e) = ow.writer.add_document(doc) {
+                            ow.failed = true;
+                            let e = dead_writer_cause(&mut ow.writer, e);
+                            return Err(CoreError::tantivy(&self.name, "add document", e));
+                        }
                     }
                     Prepared::Delete { id } => {
                         ow.writer.delete_term(self.id_term(&id));
@@ -531,8 +566,10 @@ impl SearchIndex {
             Some(wal) => Some(wal.sync_all()?),
             None => None,
         };
-        let opstamp = commit_with_payload(&mut ow.writer, covered)
-            .map_err(|e| CoreError::tantivy(&self.name, "commit", e))?;
+        let opstamp = commit_with_payload(&mut ow.writer, covered).map_err(|e| {
+            ow.failed = true;
+            CoreError::tantivy(&self.name, "commit", e)
+        })?;
         let keep_from = self.wal_floor.load(Ordering::SeqCst);
         if let (Some(wal), Some(seq)) = (&ow.wal, covered)
             && let Err(e) = wal.truncate_through(seq.min(keep_from))
@@ -558,7 +595,7 @@ impl SearchIndex {
     /// or fails with [`CoreError::IndexClosed`] (and was never acknowledged). On a commit
     /// error the writer stays open, so the caller can retry.
     pub fn commit_and_close(&self) -> Result<()> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer_slot();
         if let WriterSlot::Open(w) = &mut *guard {
             self.commit_open(w)?;
         }
@@ -863,6 +900,16 @@ fn json_type(v: &Value) -> &'static str {
 /// Writes logged and applied together by batch operations (one log write, one fsync).
 const BATCH_DOCS: usize = 2_000;
 const BATCH_BYTES: usize = 8 << 20;
+
+/// Tantivy answers "the index writer was killed" once an indexing thread died (e.g. ENOSPC while
+/// writing a segment); joining the threads, as a commit does, gives the real cause. The commit
+/// prepared for that is never committed: the writer is dropped anyway.
+fn dead_writer_cause(writer: &mut IndexWriter, e: TantivyError) -> TantivyError {
+    match e {
+        TantivyError::ErrorInThread(_) => writer.prepare_commit().err().unwrap_or(e),
+        other => other,
+    }
+}
 
 /// Commits, recording in Tantivy's commit payload the last log record the commit covers.
 fn commit_with_payload(writer: &mut IndexWriter, wal_seq: Option<u64>) -> tantivy::Result<u64> {

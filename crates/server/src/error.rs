@@ -133,6 +133,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl Classify for ApiError {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    fn severity(&self) -> Severity {
+        self.severity
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! pool, so `/livez` and `/readyz` stay fast while searches and writes run.
 #![warn(missing_docs, unreachable_pub)]
 
+mod admission;
 mod context;
 mod error;
 mod listener;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use admission::{AdmissionConfig, ChaosConfig};
 pub use context::current_request_id;
 pub use error::{ApiError, status_of};
 pub use middleware::REQUEST_ID_HEADER;
@@ -80,7 +82,11 @@ pub async fn run(
         let _ = closed_rx.await;
         tracing::info!("listener closed; draining in-flight requests");
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<listener::ClientAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
     let mut forced = shutdown.clone();
     let force = async move {
         at_least(&mut forced, 1).await;

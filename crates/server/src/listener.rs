@@ -91,3 +91,16 @@ impl axum::serve::Listener for DrainingListener {
         Ok(self.addr)
     }
 }
+
+/// The peer address of a connection accepted by [`DrainingListener`] (for per-client rate
+/// limits when no API key is sent).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+
+impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, DrainingListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'a, DrainingListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}

@@ -56,7 +56,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
     (
         "get",
         "/v1/indexes/{name}/search",
-        "Search: ?q=&limit=&offset=&highlight=&count=",
+        "Search: ?q=&limit=&offset=&highlight=&count=&timeout_ms=&complete=",
         200,
     ),
     (
@@ -99,6 +99,24 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
         "post",
         "/v1/admin/verify",
         "Check every index's files now (checksums, presence, write-ahead log); damaged indexes are taken out of service.",
+        200,
+    ),
+    (
+        "get",
+        "/v1/admin/breakers",
+        "Circuit breakers (per index), bulkheads (search, index) and the result cache.",
+        200,
+    ),
+    (
+        "get",
+        "/v1/admin/chaos",
+        "Faults injected into searches for chaos drills (off unless configured).",
+        200,
+    ),
+    (
+        "put",
+        "/v1/admin/chaos",
+        "Set injected faults: {search_error_rate: 0..1, search_latency_ms}. All zero turns them off.",
         200,
     ),
     (

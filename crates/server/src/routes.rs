@@ -10,11 +10,12 @@ use axum::extract::{DefaultBodyLimit, Json, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use search_core::{Hit, IndexKind, SchemaSpec, SearchRequest};
+use search_core::{IndexKind, SchemaSpec, SearchRequest};
 use search_error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::admission::CachedAnswer;
 use crate::context;
 use crate::error::ApiError;
 use crate::middleware::{authenticate, request_context};
@@ -56,9 +57,16 @@ pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
         .route("/v1/admin/errors", get(admin_errors))
         .route("/v1/admin/verify", post(admin_verify))
         .route("/v1/admin/tasks", get(admin_tasks))
+        .route("/v1/admin/breakers", get(admin_breakers))
+        .route("/v1/admin/chaos", get(get_chaos).put(put_chaos))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside authentication: a client is its (valid) API key, or its address.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admission::rate_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -393,6 +401,7 @@ async fn add_documents(
     let entry = state.entry(&name)?;
     let body = body?;
     let parsed = classify_body(&headers, &body)?;
+    let _slot = write_slot(&state).await?;
     let report = blocking(move || {
         let report = match parsed {
             Body::Lines => entry.index.ingest_ndjson(&body[..]),
@@ -441,6 +450,7 @@ async fn delete_document(
     let wait = params.wait()?;
     let entry = state.entry(&name)?;
     let id2 = id.clone();
+    let _slot = write_slot(&state).await?;
     let existed = blocking(move || {
         let existed = entry.index.delete(&id2)?;
         after_write(&entry, wait)?;
@@ -467,49 +477,171 @@ struct SearchParams {
     offset: Option<usize>,
     highlight: Option<bool>,
     count: Option<bool>,
+    timeout_ms: Option<u64>,
+    complete: Option<bool>,
 }
 
-#[derive(Serialize)]
-struct SearchBody<'a> {
-    hits: &'a [Hit],
-    total: Option<u64>,
-    took_ms: f64,
+/// Per-request options that are not part of the query itself.
+#[derive(Deserialize, Default)]
+struct SearchOptions {
+    /// Deadline in milliseconds (default and maximum from the configuration).
+    timeout_ms: Option<u64>,
+    /// Answer 504 rather than partial hits when the deadline passes.
+    complete: Option<bool>,
+}
+
+impl SearchOptions {
+    fn timeout(&self, cfg: &crate::ServerConfig) -> Result<std::time::Duration, ApiError> {
+        match self.timeout_ms {
+            None => Ok(cfg.search_timeout),
+            Some(0) => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "timeout_ms must be at least 1",
+            )),
+            Some(ms) if u128::from(ms) > cfg.max_search_timeout.as_millis() => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "timeout_ms is {ms}, the limit is {}",
+                    cfg.max_search_timeout.as_millis()
+                ),
+            )),
+            Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// The cache key of a search: the index and the normalized request.
+fn cache_key(index: &str, req: &SearchRequest) -> String {
+    format!(
+        "{index}\u{1}{}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
+        req.query.trim(),
+        req.limit,
+        req.offset,
+        req.highlight,
+        req.count
+    )
+}
+
+/// A search answer from its parts: the hits are already serialized, once, on the pool.
+fn search_answer(
+    ans: &CachedAnswer,
+    started: Instant,
     timed_out: bool,
     degraded: bool,
+) -> Response {
+    let total = ans
+        .total
+        .map_or_else(|| "null".to_string(), |t| t.to_string());
+    let mut body = Vec::with_capacity(ans.hits.len() + 96);
+    body.extend_from_slice(b"{\"hits\":");
+    body.extend_from_slice(&ans.hits);
+    body.extend_from_slice(
+        format!(
+            ",\"total\":{total},\"took_ms\":{:.3},\"timed_out\":{timed_out},\"degraded\":{degraded}}}",
+            started.elapsed().as_secs_f64() * 1e3
+        )
+        .as_bytes(),
+    );
+    json_bytes(StatusCode::OK, body)
 }
 
-async fn run_search(state: AppState, name: String, req: SearchRequest) -> ApiResult {
+async fn run_search(
+    state: AppState,
+    name: String,
+    mut req: SearchRequest,
+    opts: SearchOptions,
+) -> ApiResult {
     let started = Instant::now();
     let entry = state.entry(&name)?;
+    let timeout = opts.timeout(&state.0.config)?;
+    let deadline = resilience::Deadline::from_timeout(timeout);
+    let adm = &state.0.admission;
+    let key = cache_key(&name, &req);
+    let generation = entry.index.generation();
+    if let Some(hit) = adm.cache.as_ref().and_then(|c| c.get(&key))
+        && hit.generation == generation
+    {
+        return Ok(search_answer(&hit, started, false, false));
+    }
+    // When the index's breaker is open or the service is overloaded, the last answer to the
+    // same request (possibly from an older generation) is better than none.
+    let fallback = |err: ApiError| -> ApiResult {
+        match adm.cache.as_ref().and_then(|c| c.get(&key)) {
+            Some(hit) => {
+                metrics::counter!(observability::metrics::DEGRADED_ANSWERS).increment(1);
+                Ok(search_answer(&hit, started, false, true))
+            }
+            None => Err(err),
+        }
+    };
+    let permit = match adm
+        .breaker(&name)
+        .map(|b| b.try_acquire_owned())
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(open) => {
+            let secs = open.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            return fallback(
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("searches on index {name:?} have been failing; paused for {secs} s"),
+                )
+                .retry_after(secs),
+            );
+        }
+    };
+    let slot = match adm.search.acquire(Some(deadline)).await {
+        Ok(slot) => slot,
+        Err(rejected) => return fallback(crate::admission::shed(&rejected)),
+    };
+    // Under pressure, drop the expensive extra (snippets) before refusing anyone.
+    let mut degraded = false;
+    let snap = adm.search.snapshot();
+    if req.highlight && snap.max_queue > 0 && snap.queued * 2 >= snap.max_queue {
+        req.highlight = false;
+        degraded = true;
+    }
     let suspect = state.clone();
     let suspect_name = name.clone();
-    // Serializing a page of documents is as much work as finding them: it happens on the
-    // search pool too, so the async threads stay free for /readyz, /livez and I/O.
-    let body = state
+    let _ = opts.complete; // honoured once search-core reports deadlines (timed_out)
+    let chaos_state = state.clone();
+    let result = state
         .0
         .search_pool
         .run(move || {
+            chaos_state.0.admission.chaos.inject()?;
             let resp = entry.index.search(&req).inspect_err(|e| {
                 if search_error::Classify::code(e) == ErrorCode::DataCorruption {
                     suspect.suspect(&suspect_name);
                 }
             })?;
-            sonic_rs::to_vec(&SearchBody {
-                hits: &resp.hits,
-                total: resp.total,
-                took_ms: started.elapsed().as_secs_f64() * 1e3,
-                timed_out: false,
-                degraded: false,
-            })
-            .map_err(|e| {
+            let hits = sonic_rs::to_vec(&resp.hits).map_err(|e| {
                 ApiError::new(
                     ErrorCode::Internal,
                     format!("response encoding failed: {e}"),
                 )
-            })
+            })?;
+            Ok((hits, resp.total, false))
         })
-        .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+        .await;
+    drop(slot);
+    if let Some(p) = permit {
+        p.record(resilience::Outcome::from_result(&result));
+    }
+    let (hits, total, timed_out) = result?;
+    let ans = CachedAnswer {
+        generation,
+        hits: std::sync::Arc::new(hits),
+        total,
+    };
+    if !timed_out
+        && !degraded
+        && let Some(cache) = &adm.cache
+    {
+        cache.insert(key, ans.clone());
+    }
+    Ok(search_answer(&ans, started, timed_out, degraded))
 }
 
 async fn search_get(
@@ -526,17 +658,23 @@ async fn search_get(
     req.offset = p.offset.unwrap_or(0);
     req.highlight = p.highlight.unwrap_or(false);
     req.count = p.count.unwrap_or(true);
-    run_search(state, name, req).await
+    let opts = SearchOptions {
+        timeout_ms: p.timeout_ms,
+        complete: p.complete,
+    };
+    run_search(state, name, req, opts).await
 }
 
 async fn search_post(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
+    params: Result<Query<SearchOptions>, QueryRejection>,
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> ApiResult {
     let Path(name) = name?;
+    let Query(opts) = params?;
     let Json(req) = body?;
-    run_search(state, name, req).await
+    run_search(state, name, req, opts).await
 }
 
 async fn commit(
@@ -545,6 +683,7 @@ async fn commit(
 ) -> ApiResult {
     let Path(name) = name?;
     let entry = state.entry(&name)?;
+    let _slot = write_slot(&state).await?;
     let docs = blocking(move || {
         entry.dirty.store(false, Ordering::SeqCst);
         entry.commit()?;
@@ -564,6 +703,7 @@ async fn create_snapshot(
     let Path(name) = name?;
     let entry = state.entry(&name)?;
     let keep = state.0.config.snapshot_keep;
+    let _slot = write_slot(&state).await?;
     let info = blocking(move || {
         entry.index.require_documents()?;
         let info = entry.index.snapshot()?;
@@ -612,4 +752,43 @@ async fn admin_tasks(State(state): State<AppState>) -> ApiResult {
         StatusCode::OK,
         &serde_json::json!({ "tasks": state.0.tasks.stats() }),
     ))
+}
+
+async fn admin_breakers(State(state): State<AppState>) -> ApiResult {
+    let adm = &state.0.admission;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "breakers": adm.breakers.snapshot_all(),
+            "bulkheads": [adm.search.snapshot(), adm.index.snapshot()],
+            "cache": adm.cache.as_ref().map(|c| c.stats()),
+        }),
+    ))
+}
+
+/// A slot in the indexing bulkhead: writes beyond its concurrency wait in a short queue;
+/// beyond that they are refused at once with 503 + `Retry-After`.
+async fn write_slot(state: &AppState) -> Result<resilience::BulkheadPermit, ApiError> {
+    state
+        .0
+        .admission
+        .index
+        .acquire(None)
+        .await
+        .map_err(|r| crate::admission::shed(&r))
+}
+
+async fn get_chaos(State(state): State<AppState>) -> ApiResult {
+    Ok(json(StatusCode::OK, &state.0.admission.chaos.get()))
+}
+
+async fn put_chaos(
+    State(state): State<AppState>,
+    body: Result<Json<crate::admission::ChaosConfig>, JsonRejection>,
+) -> ApiResult {
+    let Json(cfg) = body?;
+    cfg.validate()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, e))?;
+    state.0.admission.chaos.set(cfg);
+    Ok(json(StatusCode::OK, &cfg))
 }

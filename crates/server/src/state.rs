@@ -33,8 +33,8 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// Threads running searches and reads (default: one per core).
     pub search_threads: usize,
-    /// Searches that may wait for a thread before new ones are refused with 503.
-    pub search_queue: usize,
+    /// Rate limits, bulkheads, the result cache (see [`crate::AdmissionConfig`]).
+    pub admission: crate::admission::AdmissionConfig,
     /// Disk usage above which the service is unready (fraction, default 0.95).
     pub disk_critical: f64,
     /// Memory usage above which the service is unready (fraction of RAM, default 0.95).
@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub snapshot_interval: Option<Duration>,
     /// Snapshots kept per index (default 3).
     pub snapshot_keep: usize,
+    /// Deadline of a search without `timeout_ms` (default 2 s).
+    pub search_timeout: Duration,
+    /// Largest `timeout_ms` accepted (default 30 s).
+    pub max_search_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -60,13 +64,15 @@ impl Default for ServerConfig {
             refresh_interval: Duration::from_secs(1),
             drain_delay: Duration::from_millis(500),
             search_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            search_queue: 1024,
+            admission: crate::admission::AdmissionConfig::default(),
             disk_critical: 0.95,
             memory_critical: 0.95,
             verify_on_start: true,
             scrub_interval: Some(Duration::from_secs(3600)),
             snapshot_interval: Some(Duration::from_secs(3600)),
             snapshot_keep: 3,
+            search_timeout: Duration::from_secs(2),
+            max_search_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +152,8 @@ pub(crate) struct Inner {
     pub(crate) errors: ErrorReporter,
     pub(crate) metrics: Metrics,
     pub(crate) search_pool: crate::pool::Pool,
+    /// Rate limiting, bulkheads, breakers, the result cache.
+    pub(crate) admission: crate::admission::Admission,
     /// Background maintenance (scrub, snapshots); jobs are added when serving starts.
     pub(crate) tasks: resource_mgmt::Scheduler,
 }
@@ -183,10 +191,13 @@ impl AppState {
         let search_pool = crate::pool::Pool::new(
             "ironsift-search",
             config.search_threads,
-            config.search_queue,
+            // The search bulkhead bounds what reaches the pool; this only guards the pool.
+            (config.admission.search_concurrency + config.admission.search_queue).max(1024),
         )
         .map_err(|e| format!("cannot start the search threads: {e}"))?;
+        let admission = crate::admission::Admission::new(&config.admission)?;
         let state = AppState(Arc::new(Inner {
+            admission,
             search_pool,
             catalog,
             config,

@@ -40,7 +40,11 @@ fn api(config: ServerConfig) -> Api {
     api_over(Transport::Oneshot, config)
 }
 
-fn api_over(transport: Transport, config: ServerConfig) -> Api {
+fn api_over(transport: Transport, mut config: ServerConfig) -> Api {
+    // These tests are about the API, not about the machine: a nearly full disk or busy RAM on
+    // the test machine must not turn /readyz red here (the checks are tested in tests/serve.rs).
+    config.disk_critical = 1.01;
+    config.memory_critical = 1.01;
     let dir = tempfile::tempdir().unwrap();
     let state = AppState::open(Catalog::open(dir.path()).unwrap(), config).unwrap();
     let router = app_with(
@@ -796,4 +800,171 @@ async fn metrics_count_requests_by_route_and_status() {
         m.text
     );
     let _ = app; // the plain constructor is the one the binary uses
+}
+
+#[tokio::test]
+async fn clients_over_their_rate_get_429_with_retry_after_and_health_is_exempt() {
+    let mut cfg = ServerConfig {
+        admin_keys: vec!["adm".into()],
+        search_keys: vec!["s1".into(), "s2".into()],
+        ..ServerConfig::default()
+    };
+    cfg.admission.rate_limit = 5;
+    cfg.admission.rate_burst = 5;
+    let a = api(cfg);
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes",
+            Some("application/json"),
+            r#"{"name":"r"}"#,
+            Some("adm"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = a
+            .send(
+                "GET",
+                "/v1/indexes/r/search?q=x",
+                None,
+                Body::empty(),
+                Some("s1"),
+            )
+            .await;
+        if r.status == 429 {
+            assert_error(&r, 429, "rate_limited");
+            let secs: u64 = r.headers[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(secs >= 1, "{secs}");
+            limited += 1;
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    assert!(
+        limited >= 10,
+        "only {limited} of 20 limited at 5/s with a burst of 5"
+    );
+    // Another client (key) has its own budget; health routes are never limited.
+    let r = a
+        .send(
+            "GET",
+            "/v1/indexes/r/search?q=x",
+            None,
+            Body::empty(),
+            Some("s2"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for _ in 0..20 {
+        assert_eq!(a.get("/livez").await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_index_opens_its_breaker_and_cached_answers_are_served_degraded() {
+    let a = api(ServerConfig::default());
+    assert_eq!(
+        a.post_json("/v1/indexes", json!({"name": "b"}))
+            .await
+            .status,
+        201
+    );
+    let r = a
+        .post_json(
+            "/v1/indexes/b/documents?refresh=wait_for",
+            json!([{"id": "1", "text": "cached words"}, {"id": "2", "text": "other words"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let warm = a.get("/v1/indexes/b/search?q=cached").await;
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.body["degraded"], false);
+
+    // Every search now fails (injected inside the breaker's scope).
+    let r = a
+        .send(
+            "PUT",
+            "/v1/admin/chaos",
+            Some("application/json"),
+            r#"{"search_error_rate": 1.0}"#,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut failed = 0;
+    let mut open = false;
+    for i in 0..40 {
+        let r = a.get(&format!("/v1/indexes/b/search?q=miss{i}")).await;
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert!(
+            r.headers.get(header::RETRY_AFTER).is_some() || r.text.contains("injected"),
+            "{}",
+            r.text
+        );
+        if r.text.contains("injected") {
+            failed += 1;
+        } else {
+            open = true;
+            assert!(r.text.contains("failing"), "{}", r.text);
+            break;
+        }
+    }
+    assert!(open, "the breaker never opened after {failed} failures");
+    let breakers = a.get("/v1/admin/breakers").await;
+    assert_eq!(
+        breakers.body["breakers"][0]["state"], "open",
+        "{}",
+        breakers.text
+    );
+
+    // A new commit changes the generation: the cached answer is stale but better than none.
+    let r = a
+        .post_json(
+            "/v1/indexes/b/documents?refresh=wait_for",
+            json!([{"id": "3", "text": "new"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a.get("/v1/indexes/b/search?q=cached").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["degraded"], true, "{}", r.text);
+    assert_eq!(r.body["hits"][0]["id"], "1");
+    // Never answered before: nothing to fall back to.
+    let r = a.get("/v1/indexes/b/search?q=never").await;
+    assert_error(&r, 503, "unavailable");
+    assert!(r.headers.get(header::RETRY_AFTER).is_some());
+
+    // Faults off: after the open wait the probes succeed and the breaker closes.
+    let off = a
+        .send(
+            "PUT",
+            "/v1/admin/chaos",
+            Some("application/json"),
+            r#"{}"#,
+            None,
+        )
+        .await;
+    assert_eq!(off.status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = a.get("/v1/indexes/b/search?q=never").await;
+        if r.status == 200 {
+            assert_eq!(r.body["degraded"], false);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed: {}",
+            r.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let r = a.get("/v1/indexes/b/search?q=cached").await;
+    assert_eq!(r.body["degraded"], false, "{}", r.text);
 }

@@ -1,0 +1,292 @@
+//! Admission control for the HTTP service, built from `resilience`: per-client rate limits,
+//! separate bulkheads for searching and indexing, a breaker per index, and the result cache
+//! that answers (flagged `degraded`) when the breaker is open or the service is overloaded.
+//!
+//! Health, readiness, metrics and the OpenAPI document bypass all of it.
+
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use resilience::{
+    BreakerConfig, BreakerRegistry, Bulkhead, KeyedRateLimiter, Rejected, ResultCache, Weighted,
+    quota_per_second,
+};
+use search_error::ErrorCode;
+
+use crate::error::ApiError;
+use crate::listener::ClientAddr;
+use crate::state::AppState;
+
+/// Settings of admission control (part of [`crate::ServerConfig`]).
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Searches running at once (default: one per core).
+    pub search_concurrency: usize,
+    /// Searches that may wait for a slot; beyond, or when the wait would outlast the request's
+    /// deadline, a search is refused at once with 503 + `Retry-After` (default 64).
+    pub search_queue: usize,
+    /// Writes (document batches, deletes, commits, snapshots) running at once (default 2).
+    pub index_concurrency: usize,
+    /// Writes that may wait for a slot (default 16).
+    pub index_queue: usize,
+    /// Requests per second allowed per client (API key, else IP address); 0 disables (default).
+    pub rate_limit: u32,
+    /// Burst allowed above the rate (default: twice the rate).
+    pub rate_burst: u32,
+    /// Clients tracked by the rate limiter; more share one overflow budget (default 100,000).
+    pub rate_limit_keys: usize,
+    /// Memory for cached search answers (default 64 MiB; 0 disables the cache).
+    pub cache_bytes: usize,
+    /// Fault injection for chaos drills (off by default; also settable at
+    /// `PUT /v1/admin/chaos`).
+    pub chaos: ChaosConfig,
+}
+
+/// Faults injected into search execution, inside the breaker's scope, for chaos drills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosConfig {
+    /// Fraction of searches failing with an injected error (0 to 1).
+    #[serde(default)]
+    pub search_error_rate: f64,
+    /// Latency added to every search, in milliseconds.
+    #[serde(default)]
+    pub search_latency_ms: u64,
+}
+
+impl ChaosConfig {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.search_error_rate) {
+            return Err(format!(
+                "search_error_rate must be between 0 and 1, not {}",
+                self.search_error_rate
+            ));
+        }
+        if self.search_latency_ms > 60_000 {
+            return Err("search_latency_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
+}
+
+/// The live chaos settings (changed at run time by the admin endpoint).
+#[derive(Debug, Default)]
+pub(crate) struct Chaos {
+    /// Error rate in millionths.
+    error_ppm: std::sync::atomic::AtomicU32,
+    latency_ms: std::sync::atomic::AtomicU64,
+    draws: std::sync::atomic::AtomicU64,
+}
+
+impl Chaos {
+    pub(crate) fn set(&self, c: ChaosConfig) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.error_ppm
+            .store((c.search_error_rate * 1e6).round() as u32, Relaxed);
+        self.latency_ms.store(c.search_latency_ms, Relaxed);
+        if c != ChaosConfig::default() {
+            tracing::warn!(?c, "chaos: injecting faults into searches");
+        }
+    }
+
+    pub(crate) fn get(&self) -> ChaosConfig {
+        use std::sync::atomic::Ordering::Relaxed;
+        ChaosConfig {
+            search_error_rate: f64::from(self.error_ppm.load(Relaxed)) / 1e6,
+            search_latency_ms: self.latency_ms.load(Relaxed),
+        }
+    }
+
+    /// Applies the configured faults to one search (on the search thread): sleeps the
+    /// latency, then fails at the configured rate.
+    pub(crate) fn inject(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let latency = self.latency_ms.load(Relaxed);
+        if latency > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(latency));
+        }
+        let ppm = self.error_ppm.load(Relaxed);
+        if ppm > 0 {
+            // A Weyl sequence through a mixer: uniform enough, no lock, no dependency.
+            let n = self.draws.fetch_add(1, Relaxed);
+            let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            x ^= x >> 31;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 29;
+            if x % 1_000_000 < u64::from(ppm) {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "injected fault (chaos drill): the search failed",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AdmissionConfig {
+            search_concurrency: cores,
+            search_queue: 64,
+            index_concurrency: 2,
+            index_queue: 16,
+            rate_limit: 0,
+            rate_burst: 0,
+            rate_limit_keys: 100_000,
+            cache_bytes: 64 << 20,
+            chaos: ChaosConfig::default(),
+        }
+    }
+}
+
+/// A cached search answer: the serialized hits and total of one index generation.
+#[derive(Clone)]
+pub(crate) struct CachedAnswer {
+    pub(crate) generation: u64,
+    pub(crate) hits: Arc<Vec<u8>>,
+    pub(crate) total: Option<u64>,
+}
+
+impl Weighted for CachedAnswer {
+    fn weight(&self) -> usize {
+        self.hits.len() + 64
+    }
+}
+
+pub(crate) struct Admission {
+    pub(crate) search: Bulkhead,
+    pub(crate) index: Bulkhead,
+    limiter: Option<KeyedRateLimiter<String>>,
+    pub(crate) breakers: BreakerRegistry,
+    pub(crate) cache: Option<ResultCache<String, CachedAnswer>>,
+    pub(crate) chaos: Chaos,
+}
+
+impl Admission {
+    pub(crate) fn new(cfg: &AdmissionConfig) -> Result<Admission, String> {
+        let e = |what: &str, err: resilience::ConfigError| format!("{what}: {err}");
+        let search = Bulkhead::new("search", cfg.search_concurrency.max(1), cfg.search_queue)
+            .map_err(|err| e("search concurrency", err))?;
+        let index = Bulkhead::new("index", cfg.index_concurrency.max(1), cfg.index_queue)
+            .map_err(|err| e("index concurrency", err))?;
+        let limiter = if cfg.rate_limit > 0 {
+            let burst = if cfg.rate_burst > 0 {
+                cfg.rate_burst
+            } else {
+                cfg.rate_limit.saturating_mul(2)
+            };
+            let quota =
+                quota_per_second(cfg.rate_limit, burst).map_err(|err| e("rate limit", err))?;
+            Some(
+                KeyedRateLimiter::new("clients", quota, cfg.rate_limit_keys.max(1))
+                    .map_err(|err| e("rate limit", err))?,
+            )
+        } else {
+            None
+        };
+        let cache = if cfg.cache_bytes > 0 {
+            Some(ResultCache::new("search", cfg.cache_bytes).map_err(|err| e("cache size", err))?)
+        } else {
+            None
+        };
+        cfg.chaos.validate()?;
+        let chaos = Chaos::default();
+        chaos.set(cfg.chaos);
+        Ok(Admission {
+            search,
+            index,
+            limiter,
+            breakers: BreakerRegistry::new(),
+            cache,
+            chaos,
+        })
+    }
+
+    /// The breaker guarding searches on one index: opens when half of the last 50 searches
+    /// failed for server-side reasons (client errors never count), probes after 5 s.
+    pub(crate) fn breaker(&self, index: &str) -> Option<Arc<resilience::CircuitBreaker>> {
+        self.breakers
+            .get_or_insert(&format!("search:{index}"), || BreakerConfig {
+                window: resilience::SlidingWindow::Count(50),
+                minimum_calls: 10,
+                ..BreakerConfig::default()
+            })
+            .ok()
+    }
+}
+
+/// A refusal by a bulkhead as an API error: 503 with `Retry-After` (whole seconds, ≥ 1).
+pub(crate) fn shed(r: &Rejected) -> ApiError {
+    let what = if &*r.bulkhead == "search" {
+        "searches"
+    } else {
+        "writes"
+    };
+    ApiError::new(
+        ErrorCode::Overloaded,
+        format!("too many {what} in progress ({}); retry shortly", r.reason),
+    )
+    .retry_after(r.retry_after.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// Who a request comes from, for rate limiting: its API key when it has one (a hash, so the
+/// key itself is not kept), else its IP address.
+fn client_key(req: &Request) -> Option<String> {
+    if let Some(auth) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(format!("key:{:016x}", fnv1a(auth.as_bytes())));
+    }
+    req.extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ci| format!("ip:{}", ci.0.0.ip()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Rate limiting middleware: 429 with `Retry-After` once a client exceeds its rate.
+pub(crate) async fn rate_limit(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = &state.0.admission.limiter else {
+        return next.run(req).await;
+    };
+    if matches!(
+        req.uri().path(),
+        "/livez" | "/readyz" | "/metrics" | "/v1/openapi.json"
+    ) {
+        return next.run(req).await;
+    }
+    let Some(key) = client_key(&req) else {
+        return next.run(req).await;
+    };
+    match limiter.check(&key) {
+        Ok(()) => next.run(req).await,
+        Err(limited) => {
+            let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit exceeded ({} requests/s per client); retry in {secs} s",
+                    state.0.config.admission.rate_limit
+                ),
+            )
+            .retry_after(secs)
+            .into_response()
+        }
+    }
+}
