@@ -244,8 +244,14 @@ fn io_code(err: &io::Error) -> ErrorCode {
     }
 }
 
+/// Whether a message Tantivy flattened from an `io::Error` (its store and fast-field writers
+/// turn I/O errors into `InternalError(e.to_string())`) says the disk is full.
+fn says_disk_full(msg: &str) -> bool {
+    msg.contains("(os error 28)") || msg.contains("(os error 122)")
+}
+
 pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
-    use tantivy::directory::error::{LockError, OpenDirectoryError, OpenReadError};
+    use tantivy::directory::error::{LockError, OpenDirectoryError, OpenReadError, OpenWriteError};
     match err {
         TantivyError::DataCorruption(_) => ErrorCode::DataCorruption,
         TantivyError::IoError(e) => io_code(e),
@@ -254,6 +260,11 @@ pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
         }
         TantivyError::OpenReadError(OpenReadError::IoError { io_error, .. }) => io_code(io_error),
         TantivyError::OpenReadError(_) => ErrorCode::Io,
+        TantivyError::OpenWriteError(OpenWriteError::IoError { io_error, .. })
+            if io_code(io_error) == ErrorCode::StorageFull =>
+        {
+            ErrorCode::StorageFull
+        }
         TantivyError::OpenWriteError(_) => ErrorCode::Io,
         TantivyError::OpenDirectoryError(OpenDirectoryError::DoesNotExist(_)) => {
             ErrorCode::NotFound
@@ -262,6 +273,14 @@ pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
         TantivyError::LockFailure(LockError::LockBusy, _) => ErrorCode::Conflict,
         TantivyError::LockFailure(LockError::IoError(e), _) => io_code(e),
         TantivyError::IndexAlreadyExists => ErrorCode::AlreadyExists,
+        TantivyError::InternalError(msg) | TantivyError::ErrorInThread(msg)
+            if says_disk_full(msg) =>
+        {
+            ErrorCode::StorageFull
+        }
+        // An indexing thread died (an I/O error while writing a segment): the writer is
+        // dropped and reopened from the write-ahead log on the next write, so retrying works.
+        TantivyError::ErrorInThread(msg) if msg.contains("was killed") => ErrorCode::Unavailable,
         TantivyError::Poisoned | TantivyError::ErrorInThread(_) => ErrorCode::Internal,
         TantivyError::DeserializeError(_) => ErrorCode::DataCorruption,
         TantivyError::InvalidArgument(_)
@@ -323,6 +342,23 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::StorageFull);
         assert!(e.is_retryable());
         assert!(e.to_string().starts_with("/x: "), "{e}");
+    }
+
+    #[test]
+    fn disk_full_inside_tantivy_is_storage_full_and_a_killed_writer_is_unavailable() {
+        // What Tantivy's store writer makes of ENOSPC while a segment is written.
+        let flat = TantivyError::InternalError(io::Error::from_raw_os_error(28).to_string());
+        assert_eq!(tantivy_code(&flat), ErrorCode::StorageFull);
+        let open =
+            TantivyError::OpenWriteError(tantivy::directory::error::OpenWriteError::wrap_io_error(
+                io::Error::from_raw_os_error(28),
+                "x.idx".into(),
+            ));
+        assert_eq!(tantivy_code(&open), ErrorCode::StorageFull);
+        let killed = TantivyError::ErrorInThread("An index writer was killed.".into());
+        assert_eq!(tantivy_code(&killed), ErrorCode::Unavailable);
+        let panic = TantivyError::ErrorInThread("Worker thread panicked.".into());
+        assert_eq!(tantivy_code(&panic), ErrorCode::Internal);
     }
 
     #[test]

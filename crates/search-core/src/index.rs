@@ -215,6 +215,17 @@ impl SearchIndex {
         self.reader.searcher().generation().generation_id()
     }
 
+    /// Whether the writer is open (holding its memory arena and the index's lock).
+    pub fn writer_is_open(&self) -> bool {
+        matches!(&*lock(&self.writer), WriterSlot::Open(_))
+    }
+
+    /// The writer memory this index may use while its writer is open: Tantivy's arena, which
+    /// can reach about twice its setting while a segment is being flushed.
+    pub fn writer_memory_bound(&self) -> u64 {
+        2 * self.config.writer_heap_bytes as u64
+    }
+
     /// Index name.
     pub fn name(&self) -> &str {
         &self.name
@@ -325,11 +336,9 @@ impl SearchIndex {
                         }
                     })?;
                     writer.delete_term(self.id_term(&id));
-                    writer
-                        .add_document(doc)
-                        .map_err(|e| {
-                            CoreError::tantivy(&self.name, "replay", dead_writer_cause(&mut writer, e))
-                        })?;
+                    writer.add_document(doc).map_err(|e| {
+                        CoreError::tantivy(&self.name, "replay", dead_writer_cause(&mut writer, e))
+                    })?;
                 }
                 WalRecord::Delete { id } => {
                     writer.delete_term(self.id_term(&id));

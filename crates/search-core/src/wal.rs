@@ -145,6 +145,10 @@ struct State {
     /// A cut-back that failed: the segment tail may hold records that were never made durable,
     /// so no more appends until a cut-back succeeds.
     dirty_tail: Option<u64>,
+    /// Superseded by another `Wal` opened on the same folder (the index writer was reopened
+    /// after a failure): it only answers the writers still waiting on its fsyncs, and no
+    /// longer cuts the file, whose tail the new log owns.
+    retired: bool,
     closed: Vec<Segment>,
 }
 
@@ -432,6 +436,7 @@ impl Wal {
                 last_sync_error: None,
                 syncing: false,
                 dirty_tail: None,
+                retired: false,
                 closed,
             }),
             synced: Condvar::new(),
@@ -445,6 +450,12 @@ impl Wal {
             return Ok(None);
         }
         let mut st = lock(&self.state);
+        if st.retired {
+            return Err(CoreError::io(
+                &st.path,
+                io::Error::other("write-ahead log closed (the index writer was reopened)"),
+            ));
+        }
         if let Some(at) = st.dirty_tail {
             // A previous cut-back failed; try again before writing after possible garbage.
             st.file
@@ -514,6 +525,12 @@ impl Wal {
         Ok(ticket.seq)
     }
 
+    /// Hands the folder over to a log opened after this one (see [`State::retired`]): appends
+    /// are refused from now on, and a failed fsync fails its waiters without cutting the file.
+    pub(crate) fn retire(&self) {
+        lock(&self.state).retired = true;
+    }
+
     /// Last sequence number written.
     pub(crate) fn written_seq(&self) -> u64 {
         lock(&self.state).written_seq
@@ -566,7 +583,7 @@ impl Wal {
                 // The kernel may have dropped the dirty pages: what was not synced is gone
                 // for us. Cut it off so the log never holds a hole, and fail its writers.
                 let at = st.synced_len;
-                if st.file.set_len(at).is_err() {
+                if !st.retired && st.file.set_len(at).is_err() {
                     st.dirty_tail = Some(at);
                 }
                 st.len = at;
