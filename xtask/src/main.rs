@@ -7,6 +7,7 @@
 mod bench;
 mod bench_http;
 mod corpus;
+mod crash;
 mod json;
 mod report;
 mod verify;
@@ -37,6 +38,10 @@ Commands:
                             search from the same run; write target/bench-report/http.{md,json}
       --quick               3 s load runs and 2,000 baseline queries
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
+  crash [--rounds N] [--seed S]
+                            the crash test in release (`cargo test --release --test crash`):
+                            N rounds (default 300) of SIGKILL at random moments under writes;
+                            prints rounds, operations acknowledged and lost
   report                    rewrite the report from the latest Criterion results (no run)
   help                      this text
 ";
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("bench-http") => bench_http::run(&args[1..]),
         Some("corpus") => bench::corpus_only(&args[1..]),
+        Some("crash") => crash::run(&args[1..]),
         Some("report") if args.len() == 1 => bench::report_only(),
         Some("report") => Err(format!("report takes no arguments\n\n{HELP}")),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
