@@ -25,6 +25,7 @@ pub mod http;
 pub mod load;
 mod process;
 pub mod rng;
+pub mod strategies;
 
 pub use http::HttpResponse;
 pub use process::{
