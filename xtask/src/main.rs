@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_ingest;
 mod corpus;
 mod crash;
 mod fuzz;
@@ -40,6 +41,12 @@ Commands:
                             then open loop at half that rate) against plain Tantivy in-process
                             search from the same run; write target/bench-report/http.{md,json}
       --quick               3 s load runs and 2,000 baseline queries
+  bench-ingest [--data DIR] [--runs N] [--restart-docs N]
+                            bulk NDJSON ingest of DIR/linux-docs.jsonl over HTTP with
+                            --durability request and async against plain Tantivy in-process
+                            indexing (MB/s ratios, N runs each, default 2), then the time to
+                            ready after SIGKILL with N un-committed documents in the log
+                            (default 100,000)
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
   crash [--rounds N] [--seed S]
                             the crash test in release (`cargo test --release --test crash`):
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Some("verify") => Err(format!("verify takes no arguments\n\n{HELP}")),
         Some("bench") => bench::run(&args[1..]),
         Some("bench-http") => bench_http::run(&args[1..]),
+        Some("bench-ingest") => bench_ingest::run(&args[1..]),
         Some("corpus") => bench::corpus_only(&args[1..]),
         Some("crash") => crash::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),

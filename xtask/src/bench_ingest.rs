@@ -1,0 +1,942 @@
+//! `cargo xtask bench-ingest`: bulk NDJSON ingest over HTTP against plain Tantivy's in-process
+//! indexing measured in the same run, and the time to ready after a crash with a full log.
+//!
+//! 1. Plain Tantivy: Criterion's `index_json/plain_tantivy` from `benches/core.rs` on
+//!    `linux-docs.jsonl` (serde_json per line, `_id` STRING|STORED and `title`, `text`
+//!    TEXT|STORED, Tantivy's default threads, 256 MiB heap, one commit; merges not waited for).
+//! 2. ironsift: a fresh data folder, an index with the explicit schema holding the same fields
+//!    (`title`, `text` as text; `_id` is the id, as plain Tantivy's STRING field), `ironsift
+//!    serve` in release with `--durability request`, then `async`; the file is POSTed as
+//!    `application/x-ndjson` in bodies of about 4 MiB by 3 concurrent clients, then one
+//!    `POST /v1/indexes/x/commit`. MB/s is the file's size over the time from the first byte
+//!    sent to the commit's answer. Each measured `--runs` times (min/median reported).
+//! 3. Restart: a default (schemaless) documents index, `--refresh-interval 1h` so nothing is
+//!    committed, N generated documents of about 1.5 KB (default 100,000) POSTed the same way,
+//!    SIGKILL, then the time from starting the binary again to `/readyz` answering 200 (the
+//!    log replayed and committed), and the document count checked. Each run restarts a copy
+//!    of the same killed data folder.
+//!
+//! Loopback only; every child is killed if a step fails or outlasts its bound.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::json::{self, Json};
+use crate::{Result, bench, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
+
+const INDEX: &str = "x";
+/// The fields plain Tantivy indexes (the id is ironsift's `_id`, a STRING field as there).
+const SCHEMA: &str = r#"{"fields":[{"name":"title","type":"text"},{"name":"text","type":"text"}]}"#;
+/// Request bodies are cut at the first line end past this size.
+const BATCH_BYTES: usize = 4 << 20;
+const CLIENTS: usize = 3;
+/// Targets (issue #5).
+const MIN_RATIO_REQUEST: f64 = 0.70;
+const MIN_RATIO_ASYNC: f64 = 0.85;
+const MAX_READY_SECS: f64 = 10.0;
+/// Bound on one HTTP request (a 4 MiB batch with an fsync is far below it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Options {
+    data: PathBuf,
+    runs: usize,
+    restart_docs: usize,
+}
+
+fn parse_args(args: &[String]) -> Result<Options> {
+    let mut rest = Vec::new();
+    let mut runs = 2;
+    let mut restart_docs = 100_000;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<usize> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a number"))?;
+            v.replace(['_', ','], "")
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} must be a positive integer, not {v:?}"))
+        };
+        match arg.as_str() {
+            "--runs" => runs = number("--runs")?,
+            "--restart-docs" => restart_docs = number("--restart-docs")?,
+            _ => rest.push(arg.clone()),
+        }
+    }
+    let opts = bench::parse_args(&rest)?;
+    if opts.quick || opts.check || !opts.criterion_args.is_empty() {
+        return Err("bench-ingest takes --data DIR, --runs N and --restart-docs N".into());
+    }
+    Ok(Options {
+        data: opts.data,
+        runs,
+        restart_docs,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client (one request per connection).
+
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: \
+         {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("response without a header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn number_in(body: &str, key: &str) -> Option<f64> {
+    json::parse(body).ok()?.get(key)?.as_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server child.
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    started: Instant,
+}
+
+impl Server {
+    /// Starts `ironsift --data DATA serve ARGS` on a free loopback port; returns once it prints
+    /// its address (not waiting for readiness). Its stderr goes to `DATA/../NAME.log`.
+    fn spawn(bin: &Path, data: &Path, args: &[&str]) -> Result<Server> {
+        let log = data.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--data")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run `{}`: {e}", show(&cmd)))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(r.read_line(&mut line).map(|_| line));
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(line)) => line,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{}` printed no address within 60 s (log: {})",
+                    show(&cmd),
+                    log.display()
+                ));
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("ironsift: listening on http://")
+            .and_then(|a| a.trim_end_matches('/').parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("unexpected first line from the server: {line:?}"));
+        };
+        Ok(Server {
+            child,
+            addr,
+            started,
+        })
+    }
+
+    /// Polls `/readyz` every 10 ms until 200; the time since the process was started.
+    fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("the server exited before it was ready ({status})"));
+            }
+            if let Ok((200, _)) = http(self.addr, "GET", "/readyz", "text/plain", b"", limit) {
+                return Ok(self.started.elapsed());
+            }
+            if self.started.elapsed() > limit {
+                return Err(format!(
+                    "{}/readyz did not answer 200 within {}",
+                    self.addr,
+                    fmt_duration(limit)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&mut self, name: &str) -> Result<()> {
+        run_status(Command::new("kill").args(["-s", name, &self.child.id().to_string()]))
+    }
+
+    /// SIGTERM and wait (bounded); SIGKILL if it does not exit.
+    fn stop(mut self) -> Result<()> {
+        self.signal("TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the server exited with {status} after SIGTERM"))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("the server did not exit within 60 s of SIGTERM".into())
+    }
+
+    fn crash(mut self) -> Result<()> {
+        self.child
+            .kill()
+            .map_err(|e| format!("cannot SIGKILL the server: {e}"))?;
+        self.child
+            .wait()
+            .map_err(|e| format!("cannot reap the server: {e}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest.
+
+/// `bytes` cut into request bodies of about [`BATCH_BYTES`] at line ends; with the number of
+/// non-blank lines.
+fn batches(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + BATCH_BYTES).min(bytes.len());
+        while end < bytes.len() && bytes[end - 1] != b'\n' {
+            end += 1;
+        }
+        out.push(&bytes[start..end]);
+        start = end;
+    }
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+        .count();
+    (out, lines)
+}
+
+/// POSTs every batch with [`CLIENTS`] concurrent clients; the documents indexed.
+fn post_all(addr: SocketAddr, batches: &[&[u8]]) -> Result<u64> {
+    let next = AtomicUsize::new(0);
+    let indexed = Mutex::new(0u64);
+    let errors = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = batches.get(i) else { break };
+                    let path = format!("/v1/indexes/{INDEX}/documents");
+                    let r = http(
+                        addr,
+                        "POST",
+                        &path,
+                        "application/x-ndjson",
+                        body,
+                        REQUEST_TIMEOUT,
+                    );
+                    match r {
+                        Ok((200, text)) if number_in(&text, "failed") == Some(0.0) => {
+                            *indexed.lock().unwrap() +=
+                                number_in(&text, "indexed").unwrap_or(0.0) as u64;
+                        }
+                        Ok((status, text)) => errors.lock().unwrap().push(format!(
+                            "batch {i}: {status} {}",
+                            text.chars().take(300).collect::<String>()
+                        )),
+                        Err(e) => errors.lock().unwrap().push(format!("batch {i}: {e}")),
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    if !errors.is_empty() {
+        return Err(format!(
+            "{} ingest request(s) failed, e.g. {}",
+            errors.len(),
+            errors[0]
+        ));
+    }
+    Ok(indexed.into_inner().unwrap())
+}
+
+fn create_index(addr: SocketAddr, schema: bool) -> Result<()> {
+    let body = if schema {
+        format!(r#"{{"name":"{INDEX}","schema":{SCHEMA}}}"#)
+    } else {
+        format!(r#"{{"name":"{INDEX}"}}"#)
+    };
+    match http(
+        addr,
+        "POST",
+        "/v1/indexes",
+        "application/json",
+        body.as_bytes(),
+        REQUEST_TIMEOUT,
+    ) {
+        Ok((201, _)) => Ok(()),
+        Ok((status, text)) => Err(format!("creating the index: {status} {text}")),
+        Err(e) => Err(format!("creating the index: {e}")),
+    }
+}
+
+/// Committed documents of the index (`GET /v1/indexes/x`).
+fn committed_docs(addr: SocketAddr) -> Result<u64> {
+    let (status, text) = http(
+        addr,
+        "GET",
+        &format!("/v1/indexes/{INDEX}"),
+        "application/json",
+        b"",
+        REQUEST_TIMEOUT,
+    )
+    .map_err(|e| format!("GET /v1/indexes/{INDEX}: {e}"))?;
+    match (status, number_in(&text, "docs")) {
+        (200, Some(n)) => Ok(n as u64),
+        _ => Err(format!("GET /v1/indexes/{INDEX}: {status} {text}")),
+    }
+}
+
+fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(dir.with_extension("log"));
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One HTTP ingest run: MB/s (decimal) of the file, from first byte sent to commit answered.
+fn ingest_run(
+    bin: &Path,
+    work: &Path,
+    durability: &str,
+    run: usize,
+    file_bytes: usize,
+    batches: &[&[u8]],
+    lines: usize,
+) -> Result<f64> {
+    let data = work.join(format!("ingest-{durability}-{run}"));
+    fresh_dir(&data)?;
+    let mut server = Server::spawn(bin, &data, &["--durability", durability])?;
+    server.wait_ready(Duration::from_secs(60))?;
+    create_index(server.addr, true)?;
+    let load = load_average();
+    let t = Instant::now();
+    let indexed = post_all(server.addr, batches)?;
+    let (status, text) = http(
+        server.addr,
+        "POST",
+        &format!("/v1/indexes/{INDEX}/commit"),
+        "application/json",
+        b"",
+        REQUEST_TIMEOUT,
+    )
+    .map_err(|e| format!("commit: {e}"))?;
+    let took = t.elapsed();
+    if status != 200 {
+        return Err(format!("commit: {status} {text}"));
+    }
+    if indexed != lines as u64 {
+        return Err(format!(
+            "{indexed} documents indexed, the file has {lines} lines"
+        ));
+    }
+    let docs = committed_docs(server.addr)?;
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&data);
+    let mbs = file_bytes as f64 / 1e6 / took.as_secs_f64();
+    println!(
+        "bench-ingest: durability={durability} run {run}: {docs} docs, {:.1} MB in {} → {mbs:.1} \
+         MB/s (load average before: {load})",
+        file_bytes as f64 / 1e6,
+        fmt_duration(took)
+    );
+    Ok(mbs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain Tantivy baseline.
+
+struct Baseline {
+    /// MB/s of each Criterion sample.
+    samples: Vec<f64>,
+    noisy: Option<String>,
+}
+
+fn run_baseline(data: &Path, report_dir: &Path) -> Result<Baseline> {
+    let criterion_home = target_dir().join("criterion");
+    let notes = report_dir.join("ingest-notes.json");
+    let _ = std::fs::remove_file(&notes);
+    let mut cmd = cargo([
+        "bench",
+        "-p",
+        "ironsift",
+        "--bench",
+        "core",
+        "--",
+        "index_json/plain_tantivy$",
+    ]);
+    cmd.env("IRONSIFT_BENCH_DATA", data)
+        .env("IRONSIFT_BENCH_NOTES", &notes)
+        .env("CRITERION_HOME", &criterion_home)
+        .env_remove("IRONSIFT_BENCH_QUICK");
+    println!("==> {}", show(&cmd));
+    let since = SystemTime::now();
+    run_status(&mut cmd)?;
+    let m = report::read_measured(&criterion_home, "index_json", "plain_tantivy", since)?;
+    let dir = criterion_home.join("index_json/plain_tantivy/new");
+    let sample = std::fs::read_to_string(dir.join("sample.json"))
+        .map_err(|e| format!("cannot read {}: {e}", dir.join("sample.json").display()))?;
+    let sample = json::parse(&sample).map_err(|e| format!("sample.json: {e}"))?;
+    let list = |key: &str| -> Vec<f64> {
+        match sample.get(key) {
+            Some(Json::Arr(items)) => items.iter().filter_map(Json::as_f64).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (iters, times) = (list("iters"), list("times"));
+    let samples: Vec<f64> = iters
+        .iter()
+        .zip(&times)
+        .filter(|(i, t)| **i > 0.0 && **t > 0.0)
+        .map(|(i, t)| m.per_iteration / 1e6 / (t / i / 1e9))
+        .collect();
+    if samples.is_empty() {
+        return Err("index_json/plain_tantivy: no samples".into());
+    }
+    let notes = std::fs::read_to_string(&notes)
+        .ok()
+        .and_then(|t| json::parse(&t).ok());
+    let num = |key: &str| notes.as_ref()?.get(key)?.as_f64();
+    let noisy = match (num("index_json.foreign_cpu_s"), num("index_json.wall_s")) {
+        (Some(foreign), Some(wall)) if wall > 0.0 && foreign / wall > 0.2 => Some(format!(
+            "other processes used {foreign:.1} CPU-s during the {wall:.0} s of the baseline"
+        )),
+        _ => None,
+    };
+    Ok(Baseline { samples, noisy })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart with a full log.
+
+/// Deterministic documents of about 1.5 KB: a title and a text of words drawn Zipf-like from a
+/// made-up vocabulary, as NDJSON.
+fn generated_docs(n: usize) -> Vec<u8> {
+    const SYLLABLES: [&str; 24] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pha", "dri", "gon", "ble", "stu",
+        "xen", "qua", "mor", "tel", "vin", "das", "bro", "kel", "nu", "rho",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let vocab: Vec<String> = (0..20_000)
+        .map(|i: usize| {
+            let mut w = String::new();
+            let mut k = i + 1;
+            while k > 0 {
+                w.push_str(SYLLABLES[k % SYLLABLES.len()]);
+                k /= SYLLABLES.len();
+            }
+            w
+        })
+        .collect();
+    let word = |rank_bits: u64| {
+        let u = (rank_bits >> 11) as f64 / (1u64 << 53) as f64;
+        let rank = (((vocab.len() as f64 + 1.0).powf(u) - 1.0) as usize).min(vocab.len() - 1);
+        vocab[rank].clone()
+    };
+    let mut out = Vec::with_capacity(n * 1600);
+    for i in 0..n {
+        let title: Vec<String> = (0..6).map(|_| word(next())).collect();
+        let mut text = String::with_capacity(1500);
+        while text.len() < 1400 {
+            text.push_str(&word(next()));
+            text.push(if next() % 12 == 0 { '.' } else { ' ' });
+        }
+        out.extend_from_slice(
+            format!(
+                "{{\"id\":\"g{i}\",\"title\":\"{}\",\"text\":\"{}\"}}\n",
+                title.join(" "),
+                text.trim_end()
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+struct Restart {
+    docs: usize,
+    wal_mb: f64,
+    ingest: Duration,
+    /// Start → `/readyz` 200, per run.
+    ready: Vec<Duration>,
+}
+
+fn restart_bench(bin: &Path, work: &Path, n: usize, runs: usize) -> Result<Restart> {
+    let args = ["--refresh-interval", "1h", "--durability", "request"];
+    let killed = work.join("restart-killed");
+    fresh_dir(&killed)?;
+    let ndjson = generated_docs(n);
+    let (batches, lines) = batches(&ndjson);
+    println!(
+        "bench-ingest: restart: {lines} generated documents ({:.1} MB, about {} bytes each), \
+         schemaless index, --refresh-interval 1h",
+        ndjson.len() as f64 / 1e6,
+        ndjson.len() / lines.max(1)
+    );
+    let mut server = Server::spawn(bin, &killed, &args)?;
+    server.wait_ready(Duration::from_secs(60))?;
+    create_index(server.addr, false)?;
+    let t = Instant::now();
+    let indexed = post_all(server.addr, &batches)?;
+    let ingest = t.elapsed();
+    if indexed != n as u64 {
+        return Err(format!("{indexed} of {n} documents indexed"));
+    }
+    let committed = committed_docs(server.addr)?;
+    if committed != 0 {
+        return Err(format!(
+            "{committed} documents were committed before the kill; the log would not hold them all"
+        ));
+    }
+    server.crash()?;
+    let wal_mb = dir_bytes(&killed.join(INDEX).join("wal")) as f64 / 1e6;
+    println!(
+        "bench-ingest: restart: {n} documents acknowledged in {} (none committed), log {wal_mb:.1} \
+         MB; SIGKILL",
+        fmt_duration(ingest)
+    );
+    let mut ready = Vec::new();
+    for run in 1..=runs {
+        let data = work.join(format!("restart-{run}"));
+        fresh_dir(&data)?;
+        run_status(Command::new("cp").arg("-a").arg(&killed).arg(&data))?;
+        let load = load_average();
+        let mut server = Server::spawn(bin, &data, &args)?;
+        let took = server.wait_ready(Duration::from_secs(300))?;
+        let docs = committed_docs(server.addr)?;
+        server.stop()?;
+        let _ = std::fs::remove_dir_all(&data);
+        if docs != n as u64 {
+            return Err(format!(
+                "after the restart the index holds {docs} documents, not {n}"
+            ));
+        }
+        println!(
+            "bench-ingest: restart run {run}: ready after {} with all {docs} documents (load \
+             average before: {load})",
+            fmt_duration(took)
+        );
+        ready.push(took);
+    }
+    let _ = std::fs::remove_dir_all(&killed);
+    Ok(Restart {
+        docs: n,
+        wal_mb,
+        ingest,
+        ready,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn max(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn min(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::NAN, f64::min)
+}
+
+fn list(xs: &[f64]) -> String {
+    let v: Vec<String> = xs.iter().map(|x| format!("{x:.1}")).collect();
+    v.join(", ")
+}
+
+struct Row {
+    check: String,
+    measured: String,
+    target: String,
+    pass: bool,
+    value: f64,
+}
+
+pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
+    let opts = parse_args(args)?;
+    let started = Instant::now();
+    corpus::ensure(&opts.data)?;
+    let jsonl = opts.data.join("linux-docs.jsonl");
+    let target = target_dir();
+    let report_dir = target.join("bench-report");
+    std::fs::create_dir_all(&report_dir)
+        .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
+    // Shares Criterion's folder and the machine with the other benchmarks.
+    let _lock = bench::RunLock::acquire(&report_dir.join(".lock"))?;
+
+    let mut build = cargo(["build", "--release", "--bin", "ironsift"]);
+    println!("==> {}", show(&build));
+    run_status(&mut build)?;
+    let bin = target.join("release/ironsift");
+    let work = target.join("bench-ingest");
+
+    let baseline = run_baseline(&opts.data, &report_dir)?;
+    println!(
+        "bench-ingest: plain Tantivy in-process: {} MB/s per sample (median {:.1}, best {:.1})",
+        list(&baseline.samples),
+        median(&baseline.samples),
+        max(&baseline.samples)
+    );
+
+    let bytes =
+        std::fs::read(&jsonl).map_err(|e| format!("cannot read {}: {e}", jsonl.display()))?;
+    let (parts, lines) = batches(&bytes);
+    println!(
+        "bench-ingest: {} ({:.1} MB, {lines} documents) in {} bodies of about {} MiB, {CLIENTS} \
+         clients",
+        jsonl.display(),
+        bytes.len() as f64 / 1e6,
+        parts.len(),
+        BATCH_BYTES >> 20
+    );
+    let mut http_mbs: Vec<(&str, Vec<f64>)> = Vec::new();
+    for durability in ["request", "async"] {
+        let mut runs = Vec::new();
+        for run in 1..=opts.runs {
+            runs.push(ingest_run(
+                &bin,
+                &work,
+                durability,
+                run,
+                bytes.len(),
+                &parts,
+                lines,
+            )?);
+        }
+        http_mbs.push((durability, runs));
+    }
+    drop(bytes);
+
+    let restart = restart_bench(&bin, &work, opts.restart_docs, opts.runs)?;
+    let _ = std::fs::remove_dir_all(&work);
+
+    let base_median = median(&baseline.samples);
+    let base_best = max(&baseline.samples);
+    let mut rows = Vec::new();
+    for (durability, runs) in &http_mbs {
+        let ratio = median(runs) / base_median;
+        let best_ratio = max(runs) / base_best;
+        let min_ratio = if *durability == "request" {
+            MIN_RATIO_REQUEST
+        } else {
+            MIN_RATIO_ASYNC
+        };
+        rows.push(Row {
+            check: format!(
+                "bulk NDJSON ingest over HTTP, durability={durability}, vs plain Tantivy \
+                 in-process"
+            ),
+            measured: format!(
+                "median {:.1} vs {base_median:.1} MB/s → ratio {ratio:.2} (best {:.1} vs \
+                 {base_best:.1} → {best_ratio:.2}; runs {})",
+                median(runs),
+                max(runs),
+                list(runs)
+            ),
+            target: format!("ratio ≥ {min_ratio:.2}"),
+            pass: ratio >= min_ratio,
+            value: ratio,
+        });
+    }
+    let ready_s: Vec<f64> = restart.ready.iter().map(Duration::as_secs_f64).collect();
+    rows.push(Row {
+        check: format!(
+            "restart with {} un-committed documents in the log: start → /readyz 200",
+            restart.docs
+        ),
+        measured: format!(
+            "median {:.2} s (min {:.2} s; runs {}), log {:.0} MB",
+            median(&ready_s),
+            min(&ready_s),
+            ready_s
+                .iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            restart.wal_mb
+        ),
+        target: format!("< {MAX_READY_SECS:.0} s"),
+        pass: median(&ready_s) < MAX_READY_SECS,
+        value: median(&ready_s),
+    });
+
+    let mut md = String::from("# Bulk ingest over HTTP vs plain Tantivy, and restart time\n\n");
+    md.push_str("| check | measured | target | result |\n|---|---|---|---|\n");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.check,
+            r.measured,
+            r.target,
+            if r.pass { "PASS" } else { "FAIL" }
+        );
+    }
+    let all = rows.iter().all(|r| r.pass);
+    let _ = writeln!(
+        md,
+        "\nOverall: **{}**.\n",
+        if all {
+            "all targets met"
+        } else {
+            "some targets missed"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- plain Tantivy: Criterion `index_json/plain_tantivy` (benches/core.rs): serde_json per \
+         line, `_id` STRING|STORED, `title` and `text` TEXT|STORED, default writer threads, \
+         256 MiB heap, one commit; samples {} MB/s",
+        list(&baseline.samples)
+    );
+    let _ = writeln!(
+        md,
+        "- ironsift: release `ironsift serve`, explicit schema with the same fields, {CLIENTS} \
+         clients POSTing ~{} MiB NDJSON bodies, then one commit; time from the first byte sent \
+         to the commit's answer; {} run(s) per durability",
+        BATCH_BYTES >> 20,
+        opts.runs
+    );
+    let _ = writeln!(
+        md,
+        "- restart: schemaless index, {} generated documents of about 1.5 KB acknowledged with \
+         durability=request in {} and never committed (--refresh-interval 1h), SIGKILL, then \
+         each run starts a copy of that data folder; ready = log replayed and committed, \
+         document count checked",
+        restart.docs,
+        fmt_duration(restart.ingest)
+    );
+    if let Some(why) = &baseline.noisy {
+        let _ = writeln!(md, "\n**Noisy:** {why}.");
+    }
+    md.push_str(
+        "\nBoth sides share the machine's cores: the HTTP figures include the server, the \
+         clients and the kernel's loopback; the plain figure is one process.\n",
+    );
+    let json = Json::Obj(vec![
+        ("all_targets_met".into(), Json::Bool(all)),
+        (
+            "checks".into(),
+            Json::Arr(
+                rows.iter()
+                    .map(|r| {
+                        Json::Obj(vec![
+                            ("check".into(), Json::Str(r.check.clone())),
+                            ("measured".into(), Json::Str(r.measured.clone())),
+                            ("value".into(), Json::Num(r.value)),
+                            ("target".into(), Json::Str(r.target.clone())),
+                            ("pass".into(), Json::Bool(r.pass)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "plain_tantivy_mb_s".into(),
+            Json::Arr(baseline.samples.iter().map(|x| Json::Num(*x)).collect()),
+        ),
+        (
+            "http_mb_s".into(),
+            Json::Obj(
+                http_mbs
+                    .iter()
+                    .map(|(d, runs)| {
+                        (
+                            d.to_string(),
+                            Json::Arr(runs.iter().map(|x| Json::Num(*x)).collect()),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "restart_ready_s".into(),
+            Json::Arr(ready_s.iter().map(|x| Json::Num(*x)).collect()),
+        ),
+    ]);
+    let mut json_text = String::new();
+    json.write(&mut json_text);
+    json_text.push('\n');
+    let md_path = report_dir.join("ingest.md");
+    let json_path = report_dir.join("ingest.json");
+    std::fs::write(&md_path, &md)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    std::fs::write(&json_path, json_text)
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    println!("\n{md}");
+    println!(
+        "report: {} and {} (total {})",
+        md_path.display(),
+        json_path.display(),
+        fmt_duration(started.elapsed())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cut_at_line_ends_and_count_documents() {
+        let line = b"{\"id\":\"a\",\"text\":\"xxxxxxxxxx\"}\n";
+        let bytes: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(line.len() * 300_000)
+            .collect();
+        let (parts, lines) = batches(&bytes);
+        assert_eq!(lines, 300_000);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.ends_with(b"\n")));
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), bytes.len());
+    }
+
+    #[test]
+    fn generated_documents_are_json_lines_of_about_1_5_kb() {
+        let docs = generated_docs(100);
+        let text = String::from_utf8(docs).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 100);
+        for l in &lines {
+            assert!(json::parse(l).is_ok(), "{l}");
+            assert!((1300..1800).contains(&l.len()), "{}", l.len());
+        }
+        assert!(lines[7].starts_with("{\"id\":\"g7\""));
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
+    }
+}
