@@ -85,6 +85,11 @@ pub(crate) struct ServeArgs {
     /// Snapshots kept per index [default: 3].
     #[arg(long, env = "IRONSIFT_SNAPSHOT_KEEP")]
     snapshot_keep: Option<usize>,
+    /// Memory budget (e.g. 2GiB) [default: the cgroup limit, else 80% of RAM]. Above 70%:
+    /// cached answers dropped, pending writes flushed; above 85%: writes refused (503), searches
+    /// no longer queue, /readyz fails; back to normal 5 points below each level.
+    #[arg(long, env = "IRONSIFT_MEMORY_LIMIT", value_parser = parse_size)]
+    memory_limit: Option<u64>,
     /// Searches running at once [default: one per core].
     #[arg(long, env = "IRONSIFT_SEARCH_CONCURRENCY")]
     search_concurrency: Option<usize>,
@@ -139,6 +144,7 @@ struct FileConfig {
     scrub_interval: Option<String>,
     snapshot_interval: Option<String>,
     snapshot_keep: Option<usize>,
+    memory_limit: Option<String>,
     search_concurrency: Option<usize>,
     search_queue: Option<usize>,
     index_concurrency: Option<usize>,
@@ -335,7 +341,12 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             "--search-timeout ({search_timeout:?}) must be above 0 and at most --max-search-timeout ({max_search_timeout:?})"
         );
     }
+    let memory_limit = match args.memory_limit {
+        Some(b) => Some(b),
+        None => from_file("memory_limit", &file.memory_limit, parse_size)?,
+    };
     let config = ServerConfig {
+        memory_limit,
         admission,
         search_timeout,
         max_search_timeout,

@@ -24,6 +24,8 @@ pub const INDEX_BYTES: &str = "ironsift_index_bytes";
 /// Search answers served from the cache because the index's breaker was open or the service
 /// was overloaded (flagged `degraded`).
 pub const DEGRADED_ANSWERS: &str = "ironsift_degraded_answers_total";
+/// Operations stopped by their deadline, by `operation` (partial answers and 504s).
+pub const TIMEOUTS: &str = "ironsift_timeouts_total";
 /// Always 1, labelled with `version`.
 pub const BUILD_INFO: &str = "ironsift_build_info";
 
@@ -85,6 +87,10 @@ fn describe() {
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served.");
     describe_counter!(ERRORS, "Errors by code and severity.");
+    describe_counter!(
+        TIMEOUTS,
+        "Operations stopped by their deadline (partial answers and 504s), by operation."
+    );
     describe_counter!(
         DEGRADED_ANSWERS,
         "Search answers served from the cache (degraded) while the index breaker was open or the service overloaded."

@@ -215,6 +215,21 @@ impl SearchIndex {
         self.reader.searcher().generation().generation_id()
     }
 
+    /// Deletes files no commit or merge needs any more (e.g. left by a crash). Only while the
+    /// writer is open (it owns the lock that makes this safe); returns the files removed.
+    pub fn garbage_collect(&self) -> Result<usize> {
+        let guard = lock(&self.writer);
+        let WriterSlot::Open(ow) = &*guard else {
+            return Ok(0);
+        };
+        let gc = ow.writer.garbage_collect_files();
+        drop(guard);
+        let result = gc
+            .wait()
+            .map_err(|e| CoreError::tantivy(&self.name, "collect garbage", e))?;
+        Ok(result.deleted_files.len())
+    }
+
     /// Whether the writer is open (holding its memory arena and the index's lock).
     pub fn writer_is_open(&self) -> bool {
         matches!(&*lock(&self.writer), WriterSlot::Open(_))

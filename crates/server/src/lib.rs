@@ -128,6 +128,39 @@ pub async fn run(
 fn start_maintenance(state: &AppState) {
     let cfg = &state.0.config;
     let tasks = &state.0.tasks;
+    *state
+        .0
+        .memory_task
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(state.0.memory.spawn(Duration::from_secs(1)));
+    let st = state.clone();
+    let spec = resource_mgmt::JobSpec::every("writer-accounting", Duration::from_secs(1));
+    if let Err(e) = tasks.add_blocking(spec, move || {
+        st.account_writers();
+        Ok(())
+    }) {
+        tracing::error!(error = %e, "cannot schedule writer accounting");
+    }
+    let st = state.clone();
+    let spec = resource_mgmt::JobSpec::every("garbage-collection", Duration::from_secs(600))
+        .with_jitter(Duration::from_secs(60));
+    if let Err(e) = tasks.add_blocking(spec, move || {
+        let mut failures = Vec::new();
+        for (name, e) in st.entries() {
+            match e.index.garbage_collect() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(index = %name, files = n, "removed files no commit needs"),
+                Err(err) => failures.push(format!("{name}: {err}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; ").into())
+        }
+    }) {
+        tracing::error!(error = %e, "cannot schedule garbage collection");
+    }
     if let Some(every) = cfg.scrub_interval {
         let st = state.clone();
         let spec = resource_mgmt::JobSpec::every("scrub", every).with_jitter(every / 10);

@@ -109,6 +109,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
     ),
     (
         "get",
+        "/v1/admin/resources",
+        "Live resources (open indexes, searches in flight, writer memory), open files, threads, and memory against its budget.",
+        200,
+    ),
+    (
+        "get",
         "/v1/admin/chaos",
         "Faults injected into searches for chaos drills (off unless configured).",
         200,

@@ -58,6 +58,7 @@ pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
         .route("/v1/admin/verify", post(admin_verify))
         .route("/v1/admin/tasks", get(admin_tasks))
         .route("/v1/admin/breakers", get(admin_breakers))
+        .route("/v1/admin/resources", get(admin_resources))
         .route("/v1/admin/chaos", get(get_chaos).put(put_chaos))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -591,7 +592,13 @@ async fn run_search(
             );
         }
     };
-    let slot = match adm.search.acquire(Some(deadline)).await {
+    // At critical memory, searches run only if a slot is free now (no queue).
+    let admitted = if state.memory_critical() {
+        adm.search.try_acquire()
+    } else {
+        adm.search.acquire(Some(deadline)).await
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(rejected) => return fallback(crate::admission::shed(&rejected)),
     };
@@ -604,12 +611,17 @@ async fn run_search(
     }
     let suspect = state.clone();
     let suspect_name = name.clone();
-    let _ = opts.complete; // honoured once search-core reports deadlines (timed_out)
+    // The deadline counts from arrival: time queued for a slot is part of the budget.
+    req.deadline = Some(started + timeout);
+    req.timeout_ms = None;
+    req.allow_partial = !opts.complete.unwrap_or(false);
     let chaos_state = state.clone();
+    let tracked = state.0.registry.track("search", name.clone(), 0);
     let result = state
         .0
         .search_pool
         .run(move || {
+            let _tracked = tracked;
             chaos_state.0.admission.chaos.inject()?;
             let resp = entry.index.search(&req).inspect_err(|e| {
                 if search_error::Classify::code(e) == ErrorCode::DataCorruption {
@@ -622,12 +634,24 @@ async fn run_search(
                     format!("response encoding failed: {e}"),
                 )
             })?;
-            Ok((hits, resp.total, false))
+            Ok((hits, resp.total, resp.timed_out))
         })
         .await;
     drop(slot);
+    let deadline_hit = match &result {
+        Ok((_, _, timed_out)) => *timed_out,
+        Err(e) => e.code == ErrorCode::Timeout,
+    };
+    if deadline_hit {
+        metrics::counter!(observability::metrics::TIMEOUTS, "operation" => "search").increment(1);
+    }
     if let Some(p) = permit {
-        p.record(resilience::Outcome::from_result(&result));
+        // A deadline is the caller's budget, not the index failing: it never trips the breaker.
+        p.record(if deadline_hit {
+            resilience::Outcome::Ignored
+        } else {
+            resilience::Outcome::from_result(&result)
+        });
     }
     let (hits, total, timed_out) = result?;
     let ans = CachedAnswer {
@@ -672,8 +696,10 @@ async fn search_post(
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> ApiResult {
     let Path(name) = name?;
-    let Query(opts) = params?;
+    let Query(mut opts) = params?;
     let Json(req) = body?;
+    opts.timeout_ms = opts.timeout_ms.or(req.timeout_ms);
+    opts.complete = opts.complete.or((!req.allow_partial).then_some(true));
     run_search(state, name, req, opts).await
 }
 
@@ -769,6 +795,13 @@ async fn admin_breakers(State(state): State<AppState>) -> ApiResult {
 /// A slot in the indexing bulkhead: writes beyond its concurrency wait in a short queue;
 /// beyond that they are refused at once with 503 + `Retry-After`.
 async fn write_slot(state: &AppState) -> Result<resilience::BulkheadPermit, ApiError> {
+    if state.memory_critical() {
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "memory use is at its critical level: writes are refused until it drops; retry shortly",
+        )
+        .retry_after(2));
+    }
     state
         .0
         .admission
@@ -791,4 +824,8 @@ async fn put_chaos(
         .map_err(|e| ApiError::new(ErrorCode::InvalidInput, e))?;
     state.0.admission.chaos.set(cfg);
     Ok(json(StatusCode::OK, &cfg))
+}
+
+async fn admin_resources(State(state): State<AppState>) -> ApiResult {
+    Ok(json(StatusCode::OK, &state.resources()))
 }

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub snapshot_interval: Option<Duration>,
     /// Snapshots kept per index (default 3).
     pub snapshot_keep: usize,
+    /// Memory budget in bytes (default: the cgroup limit, else 80 % of RAM). Above 70 % the
+    /// cache is dropped and pending writes flushed; above 85 % writes are refused with 503 and
+    /// searches no longer queue; `/readyz` reports it.
+    pub memory_limit: Option<u64>,
     /// Deadline of a search without `timeout_ms` (default 2 s).
     pub search_timeout: Duration,
     /// Largest `timeout_ms` accepted (default 30 s).
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             scrub_interval: Some(Duration::from_secs(3600)),
             snapshot_interval: Some(Duration::from_secs(3600)),
             snapshot_keep: 3,
+            memory_limit: None,
             search_timeout: Duration::from_secs(2),
             max_search_timeout: Duration::from_secs(30),
         }
@@ -86,6 +91,10 @@ pub(crate) struct IndexEntry {
     pub(crate) writer_error: Mutex<Option<String>>,
     /// The write-ahead log is being replayed (the index is not ready).
     pub(crate) recovering: AtomicBool,
+    /// This open index in the resource registry.
+    _tracked: Mutex<Option<resource_mgmt::TrackedResource>>,
+    /// Its writer's memory, accounted against the budget while the writer is open.
+    pub(crate) writer_memory: Mutex<Option<resource_mgmt::TrackedResource>>,
 }
 
 impl IndexEntry {
@@ -95,7 +104,15 @@ impl IndexEntry {
             dirty: AtomicBool::new(false),
             writer_error: Mutex::new(None),
             recovering: AtomicBool::new(false),
+            _tracked: Mutex::new(None),
+            writer_memory: Mutex::new(None),
         })
+    }
+
+    fn tracked(self: Arc<Self>, registry: &resource_mgmt::ResourceRegistry) -> Arc<Self> {
+        *self._tracked.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(registry.track("index", self.index.name().to_string(), 0));
+        self
     }
 
     /// Replays the index's write-ahead log (documents indexes), recording a failure where
@@ -152,6 +169,12 @@ pub(crate) struct Inner {
     pub(crate) errors: ErrorReporter,
     pub(crate) metrics: Metrics,
     pub(crate) search_pool: crate::pool::Pool,
+    /// Live resources (open indexes, searches in flight, writer memory...) for leak checks.
+    pub(crate) registry: resource_mgmt::ResourceRegistry,
+    /// The process's memory against its budget.
+    pub(crate) memory: resource_mgmt::MemoryMonitor,
+    /// The sampling task of `memory` (started with the server).
+    pub(crate) memory_task: Mutex<Option<resource_mgmt::MonitorTask>>,
     /// Rate limiting, bulkheads, breakers, the result cache.
     pub(crate) admission: crate::admission::Admission,
     /// Background maintenance (scrub, snapshots); jobs are added when serving starts.
@@ -196,6 +219,17 @@ impl AppState {
         )
         .map_err(|e| format!("cannot start the search threads: {e}"))?;
         let admission = crate::admission::Admission::new(&config.admission)?;
+        let registry = resource_mgmt::ResourceRegistry::new();
+        let budget = resource_mgmt::MemoryBudget::detect(config.memory_limit)
+            .map_err(|e| format!("memory budget: {e}"))?;
+        let memory = resource_mgmt::MemoryMonitor::builder(budget)
+            .registry(registry.clone())
+            .build()
+            .map_err(|e| format!("memory monitor: {e}"))?;
+        let indexes = indexes
+            .into_iter()
+            .map(|(k, v): (String, Arc<IndexEntry>)| (k, v.tracked(&registry)))
+            .collect();
         let state = AppState(Arc::new(Inner {
             admission,
             search_pool,
@@ -207,7 +241,11 @@ impl AppState {
             errors: ErrorReporter::new(),
             metrics,
             tasks: resource_mgmt::Scheduler::new(),
+            registry,
+            memory,
+            memory_task: Mutex::new(None),
         }));
+        state.register_memory_actions();
         state.register_checks();
         state.start_recovery();
         Ok(state)
@@ -339,7 +377,7 @@ impl AppState {
         };
         match reopened {
             Ok(idx) => {
-                let entry = IndexEntry::new(idx);
+                let entry = IndexEntry::new(idx).tracked(&self.0.registry);
                 self.0
                     .indexes
                     .write()
@@ -377,6 +415,83 @@ impl AppState {
             }
         }
         failures
+    }
+
+    /// The actions taken when memory crosses its levels: above warn, drop cached answers and
+    /// flush pending writes (commits free the writers' arenas); above critical, also refuse
+    /// writes and stop queueing searches (see the handlers); each logged and counted.
+    fn register_memory_actions(&self) {
+        use resource_mgmt::MemoryLevel;
+        let weak = Arc::downgrade(&self.0);
+        self.0.memory.on_transition(move |t, status| {
+            let Some(inner) = weak.upgrade() else { return };
+            let state = AppState(inner);
+            let used_mb = status.used_bytes >> 20;
+            let budget_mb = status.budget.limit_bytes >> 20;
+            match t.to {
+                MemoryLevel::Normal => {
+                    tracing::info!(used_mb, budget_mb, "memory back to normal: writes and queued searches accepted again");
+                    count_action("resume");
+                }
+                level => {
+                    if let Some(cache) = &state.0.admission.cache {
+                        cache.clear();
+                        count_action("drop_cache");
+                    }
+                    let st = state.clone();
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn_blocking(move || {
+                            for (name, e) in st.commit_all() {
+                                tracing::warn!(index = %name, error = %e, "flush under memory pressure failed");
+                            }
+                        });
+                        count_action("flush_writes");
+                    }
+                    if level == MemoryLevel::Critical {
+                        tracing::warn!(used_mb, budget_mb, "memory critical: refusing writes, searches no longer queue, cache dropped, pending writes flushed");
+                        count_action("refuse_writes");
+                    } else {
+                        tracing::warn!(used_mb, budget_mb, "memory above warning level: cache dropped, pending writes flushed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether memory is at its critical level (writes are refused).
+    pub(crate) fn memory_critical(&self) -> bool {
+        self.0.memory.level() == resource_mgmt::MemoryLevel::Critical
+    }
+
+    /// Accounts each open writer's memory against the budget (called every second).
+    pub(crate) fn account_writers(&self) {
+        for (name, e) in self.entries() {
+            let mut slot = e.writer_memory.lock().unwrap_or_else(|p| p.into_inner());
+            match (e.index.writer_is_open(), slot.is_some()) {
+                (true, false) => {
+                    *slot = Some(
+                        self.0
+                            .memory
+                            .account(format!("writer:{name}"), e.index.writer_memory_bound()),
+                    )
+                }
+                (false, true) => *slot = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Live resources and memory, for `/v1/admin/resources`.
+    pub fn resources(&self) -> serde_json::Value {
+        serde_json::json!({
+            "registry": self.0.registry.snapshot(),
+            "memory": self.0.memory.status(),
+        })
+    }
+
+    /// The resource registry (tests use it for leak checks).
+    pub fn registry(&self) -> &resource_mgmt::ResourceRegistry {
+        &self.0.registry
     }
 
     /// Whether any index is still replaying its write-ahead log.
@@ -475,7 +590,7 @@ impl AppState {
             ));
         }
         let idx = self.0.catalog.create(name, kind, schema)?;
-        let entry = IndexEntry::new(idx);
+        let entry = IndexEntry::new(idx).tracked(&self.0.registry);
         map.insert(name.to_string(), entry.clone());
         Ok(entry)
     }
@@ -610,11 +725,25 @@ impl AppState {
         });
         self.0.health.register(Arc::new(Cached::new(disk, ttl)));
         let critical = self.0.config.memory_critical;
-        let memory = ("memory", move || match memory_used_fraction() {
-            Some(used) => {
-                usage_outcome(used, critical, format!("{:.1}% of RAM used", used * 100.0))
+        let monitor = self.0.memory.clone();
+        let memory = ("memory", move || {
+            let status = monitor.status();
+            let budget = format!(
+                "{} MiB of a {} MiB budget ({:?})",
+                status.used_bytes >> 20,
+                status.budget.limit_bytes >> 20,
+                status.level
+            );
+            match (status.level, memory_used_fraction()) {
+                (resource_mgmt::MemoryLevel::Critical, _) => {
+                    Outcome::fail(format!("{budget}: refusing writes"))
+                }
+                (_, Some(used)) if used >= critical => {
+                    Outcome::fail(format!("{:.1}% of RAM used; {budget}", used * 100.0))
+                }
+                (resource_mgmt::MemoryLevel::Warn, _) => Outcome::warn(budget),
+                _ => Outcome::pass(budget),
             }
-            None => Outcome::warn("/proc/meminfo unavailable"),
         });
         self.0.health.register(Arc::new(Cached::new(memory, ttl)));
     }
@@ -641,4 +770,8 @@ fn memory_used_fraction() -> Option<f64> {
     let total = field("MemTotal:")?;
     let available = field("MemAvailable:")?;
     (total > 0.0).then(|| 1.0 - available / total)
+}
+
+fn count_action(action: &'static str) {
+    metrics::counter!("ironsift_memory_actions_total", "action" => action).increment(1);
 }

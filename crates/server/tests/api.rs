@@ -968,3 +968,148 @@ async fn a_failing_index_opens_its_breaker_and_cached_answers_are_served_degrade
     let r = a.get("/v1/indexes/b/search?q=cached").await;
     assert_eq!(r.body["degraded"], false, "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_give_partial_answers_or_504_when_complete_results_are_required() {
+    let a = api(ServerConfig::default());
+    assert_eq!(
+        a.post_json("/v1/indexes", json!({"name": "t"}))
+            .await
+            .status,
+        201
+    );
+    let r = a
+        .post_json(
+            "/v1/indexes/t/documents?refresh=wait_for",
+            json!([{"id": "1", "text": "slow words"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ok = a.get("/v1/indexes/t/search?q=slow&timeout_ms=5000").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body["timed_out"], false);
+    assert_eq!(ok.body["total"], 1);
+    // 100 ms of injected latency before the search runs: a 30 ms deadline has passed.
+    let r = a
+        .send(
+            "PUT",
+            "/v1/admin/chaos",
+            Some("application/json"),
+            r#"{"search_latency_ms": 100}"#,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = a.get("/v1/indexes/t/search?q=words&timeout_ms=30").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["timed_out"], true, "{}", r.text);
+    let r = a
+        .get("/v1/indexes/t/search?q=words&timeout_ms=30&complete=true")
+        .await;
+    assert_error(&r, 504, "timeout");
+    let r = a
+        .post_json(
+            "/v1/indexes/t/search",
+            json!({"query": "words", "timeout_ms": 30, "allow_partial": false}),
+        )
+        .await;
+    assert_error(&r, 504, "timeout");
+    // Bad budgets are the caller's error.
+    assert_error(
+        &a.get("/v1/indexes/t/search?q=x&timeout_ms=0").await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &a.get("/v1/indexes/t/search?q=x&timeout_ms=999999999").await,
+        400,
+        "invalid_input",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_return_to_their_baseline_after_bursts_and_index_cycles() {
+    let a = api(ServerConfig::default());
+    assert_eq!(
+        a.post_json("/v1/indexes", json!({"name": "keep"}))
+            .await
+            .status,
+        201
+    );
+    let r = a
+        .post_json(
+            "/v1/indexes/keep/documents?refresh=wait_for",
+            json!([{"id": "1", "text": "leak check"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let baseline = a.state.registry().baseline();
+    // A burst of concurrent searches (distinct queries: no cache hits), some failing.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let uri = if i % 10 == 0 {
+            "/v1/indexes/keep/search?q=(unbalanced".to_string()
+        } else {
+            format!("/v1/indexes/keep/search?q=leak{i}")
+        };
+        let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let router = a.router.clone();
+        tasks.push(tokio::spawn(async move {
+            router.oneshot(req).await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 400 || status == 503, "{status}");
+    }
+    // Index create/delete cycles.
+    for i in 0..10 {
+        let name = format!("tmp{i}");
+        assert_eq!(
+            a.post_json("/v1/indexes", json!({"name": name}))
+                .await
+                .status,
+            201
+        );
+        let r = a
+            .post_json(
+                &format!("/v1/indexes/{name}/documents"),
+                json!([{"id": "x", "text": "y"}]),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let r = a
+            .send(
+                "DELETE",
+                &format!("/v1/indexes/{name}"),
+                None,
+                Body::empty(),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let diff = a
+        .state
+        .registry()
+        .wait_for_baseline(&baseline, std::time::Duration::from_secs(5))
+        .await;
+    if let Err(diff) = diff {
+        panic!("resources leaked: {diff:?}");
+    }
+    let res = a.get("/v1/admin/resources").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.body["registry"]["kinds"]["index"]["live"], 1,
+        "{}",
+        res.text
+    );
+    assert!(
+        res.body["memory"]["budget"]["limit_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{}",
+        res.text
+    );
+}
