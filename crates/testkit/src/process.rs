@@ -462,9 +462,10 @@ impl ServerProcess {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartError> {
         let result = wait_ready(&mut self.run, timeout);
         if let Err(e) = &result
-            && e.exit_status.is_some() {
-                self.exited = e.exit_status;
-            }
+            && e.exit_status.is_some()
+        {
+            self.exited = e.exit_status;
+        }
         result
     }
 
@@ -620,10 +621,9 @@ fn read_stdout(pipe: ChildStdout, buf: Arc<Mutex<Vec<u8>>>) -> mpsc::Receiver<So
                 buf.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend_from_slice(&line);
-                if !sent
-                    && let Some(addr) = parse_listening_line(&String::from_utf8_lossy(&line)) {
-                        sent = tx.send(addr).is_ok();
-                    }
+                if !sent && let Some(addr) = parse_listening_line(&String::from_utf8_lossy(&line)) {
+                    sent = tx.send(addr).is_ok();
+                }
             }
         })
         .expect("cannot spawn the stdout reader thread");
