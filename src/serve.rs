@@ -97,10 +97,10 @@ pub(crate) struct ServeArgs {
     /// Retry-After at once [default: 64].
     #[arg(long, env = "IRONSIFT_SEARCH_QUEUE")]
     search_queue: Option<usize>,
-    /// Writes running at once [default: 2].
+    /// Writes running at once [default: 4].
     #[arg(long, env = "IRONSIFT_INDEX_CONCURRENCY")]
     index_concurrency: Option<usize>,
-    /// Writes that may wait for a slot [default: 16].
+    /// Writes that may wait for a slot [default: 256].
     #[arg(long, env = "IRONSIFT_INDEX_QUEUE")]
     index_queue: Option<usize>,
     /// Requests per second per client (API key, else IP); beyond: 429 + Retry-After.

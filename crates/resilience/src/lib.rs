@@ -89,3 +89,65 @@ pub use retry::{
     RetryDecision, RetryPolicy,
 };
 pub use timeout::{Deadline, Elapsed, with_deadline, with_timeout};
+
+/// Registers help text for every metric this crate records, so exporters (and `promtool check
+/// metrics`) describe them. Call once after installing the recorder.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "ironsift_breaker_transitions_total",
+        "Circuit breaker state changes, by breaker, from and to."
+    );
+    describe_gauge!(
+        "ironsift_breaker_state",
+        "Circuit breaker state by breaker: 0 closed, 1 open, 2 half-open."
+    );
+    describe_counter!(
+        "ironsift_breaker_rejected_total",
+        "Calls refused by an open (or saturated half-open) breaker, by breaker."
+    );
+    describe_gauge!(
+        "ironsift_bulkhead_in_flight",
+        "Calls running inside a bulkhead, by bulkhead."
+    );
+    describe_gauge!(
+        "ironsift_bulkhead_queued",
+        "Calls waiting for a bulkhead slot, by bulkhead."
+    );
+    describe_counter!(
+        "ironsift_bulkhead_rejected_total",
+        "Calls shed by a bulkhead, by bulkhead and reason."
+    );
+    describe_histogram!(
+        "ironsift_bulkhead_queue_wait_seconds",
+        Unit::Seconds,
+        "Time calls waited for a bulkhead slot, by bulkhead."
+    );
+    describe_counter!(
+        "ironsift_ratelimit_rejected_total",
+        "Requests refused by a rate limiter, by limiter."
+    );
+    describe_counter!("ironsift_retries_total", "Retries made.");
+    describe_counter!(
+        "ironsift_retry_gave_up_total",
+        "Calls that stopped retrying, by reason."
+    );
+    describe_counter!(
+        timeout::TIMEOUTS_TOTAL,
+        "Operations stopped by their deadline, by operation."
+    );
+    describe_histogram!(
+        timeout::OPERATION_DURATION,
+        Unit::Seconds,
+        "Duration of operations run under a timeout, by operation."
+    );
+    describe_counter!(
+        panic::PANICS_CAUGHT_TOTAL,
+        "Panics caught and turned into errors."
+    );
+    describe_counter!("ironsift_cache_hits_total", "Result cache hits, by cache.");
+    describe_counter!(
+        "ironsift_cache_misses_total",
+        "Result cache misses, by cache."
+    );
+}

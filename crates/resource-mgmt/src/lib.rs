@@ -98,3 +98,40 @@ pub mod metric_names {
     /// Histogram: duration of background task runs, by `task`, in seconds.
     pub const TASK_DURATION: &str = "ironsift_task_duration_seconds";
 }
+
+/// Registers help text for every metric this crate records, so exporters (and `promtool check
+/// metrics`) describe them. Call once after installing the recorder.
+pub fn describe_metrics() {
+    use metric_names::*;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(MEMORY_RSS, Unit::Bytes, "Resident set size of the process.");
+    describe_gauge!(
+        MEMORY_USED,
+        Unit::Bytes,
+        "Memory compared with the budget: anonymous resident plus accounted bytes."
+    );
+    describe_gauge!(MEMORY_BUDGET, Unit::Bytes, "The memory budget.");
+    describe_gauge!(MEMORY_LEVEL, "Memory level: 0 normal, 1 warn, 2 critical.");
+    describe_counter!(
+        MEMORY_TRANSITIONS,
+        "Memory level changes, by the level entered."
+    );
+    describe_histogram!(
+        POOL_ACQUIRE,
+        Unit::Seconds,
+        "Time to acquire a pooled object, by pool."
+    );
+    describe_counter!(POOL_TIMEOUTS, "Pool acquisitions that timed out, by pool.");
+    describe_gauge!(POOL_SIZE, "Objects in the pool, by pool.");
+    describe_gauge!(POOL_AVAILABLE, "Idle objects ready to hand out, by pool.");
+    describe_gauge!(
+        POOL_WAITING,
+        "Callers waiting for a pooled object, by pool."
+    );
+    describe_counter!(TASK_RUNS, "Runs of background tasks, by task and outcome.");
+    describe_histogram!(
+        TASK_DURATION,
+        Unit::Seconds,
+        "Duration of background task runs, by task."
+    );
+}

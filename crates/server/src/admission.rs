@@ -28,9 +28,10 @@ pub struct AdmissionConfig {
     /// Searches that may wait for a slot; beyond, or when the wait would outlast the request's
     /// deadline, a search is refused at once with 503 + `Retry-After` (default 64).
     pub search_queue: usize,
-    /// Writes (document batches, deletes, commits, snapshots) running at once (default 2).
+    /// Writes (document batches, deletes, commits, snapshots) running at once (default 4;
+    /// they share the index's writer and its log fsyncs).
     pub index_concurrency: usize,
-    /// Writes that may wait for a slot (default 16).
+    /// Writes that may wait for a slot (default 256).
     pub index_queue: usize,
     /// Requests per second allowed per client (API key, else IP address); 0 disables (default).
     pub rate_limit: u32,
@@ -134,8 +135,8 @@ impl Default for AdmissionConfig {
         AdmissionConfig {
             search_concurrency: cores,
             search_queue: 64,
-            index_concurrency: 2,
-            index_queue: 16,
+            index_concurrency: 4,
+            index_queue: 256,
             rate_limit: 0,
             rate_burst: 0,
             rate_limit_keys: 100_000,

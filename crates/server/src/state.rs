@@ -198,6 +198,12 @@ impl AppState {
     /// it is listed by `/readyz` (which then answers 503) and requests to it get the error.
     pub fn open(catalog: Catalog, config: ServerConfig) -> Result<AppState, String> {
         let metrics = Metrics::install(env!("CARGO_PKG_VERSION"))?;
+        resilience::describe_metrics();
+        resource_mgmt::describe_metrics();
+        metrics::describe_counter!(
+            "ironsift_memory_actions_total",
+            "Actions taken on memory level changes, by action."
+        );
         let mut indexes = BTreeMap::new();
         let mut broken = BTreeMap::new();
         for name in catalog.list().map_err(|e| e.to_string())? {
