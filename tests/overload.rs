@@ -247,3 +247,89 @@ async fn a_thousand_connections_are_served_or_shed_fast() {
     // and reported, not asserted: this machine is shared and its timing noisy.
     let _ = (p99, probe_p99);
 }
+
+/// Search latency while a large NDJSON batch is being indexed, against idle: the index bulkhead
+/// and the writer's own threads must not starve searches (issue #4: p99 within 3× idle).
+/// Printed, not asserted: timing on shared machines is noisy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_stay_fast_while_a_large_batch_is_indexed() {
+    let server = ServerProcess::builder(BIN).start().unwrap();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(
+        c.post(server.url("/v1/indexes"))
+            .json(&json!({"name": "w"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let mut rng = testkit::rng::Rng(7);
+    let words: Vec<String> = (0..2_000).map(|i| format!("w{i}")).collect();
+    let mut batch = String::new();
+    let mut n = 0;
+    while batch.len() < 12 << 20 {
+        let text: Vec<&str> = (0..60)
+            .map(|_| words[rng.zipf(words.len())].as_str())
+            .collect();
+        batch.push_str(&json!({"id": n, "text": text.join(" ")}).to_string());
+        batch.push('\n');
+        n += 1;
+    }
+    // A first, committed part so searches have something to find.
+    let first: String = batch.lines().take(5_000).collect::<Vec<_>>().join("\n");
+    let r = c
+        .post(server.url("/v1/indexes/w/documents?refresh=wait_for"))
+        .header("content-type", "application/x-ndjson")
+        .body(first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let probe = |label: &'static str| {
+        let c = c.clone();
+        let url = server.url("/v1/indexes/w/search");
+        let words = words.clone();
+        async move {
+            let mut lat = Vec::new();
+            for i in 0..300 {
+                let t = Instant::now();
+                let r = c
+                    .get(&url)
+                    .query(&[("q", words[i % 50].as_str()), ("limit", "10")])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{label}");
+                let _ = r.bytes().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat.sort();
+            percentile(&lat, 0.99)
+        }
+    };
+    let idle = probe("idle").await;
+    let body = batch.clone();
+    let url = server.url("/v1/indexes/w/documents");
+    let c2 = c.clone();
+    let writer = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = c2
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let busy = probe("while indexing").await;
+    let took = writer.await.unwrap();
+    eprintln!(
+        "search p99 idle {idle:?}, while indexing {} MiB ({n} docs, {took:?}): {busy:?} ({:.2}x)",
+        batch.len() >> 20,
+        busy.as_secs_f64() / idle.as_secs_f64().max(1e-9)
+    );
+}

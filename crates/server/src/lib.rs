@@ -137,6 +137,7 @@ fn start_maintenance(state: &AppState) {
     let spec = resource_mgmt::JobSpec::every("writer-accounting", Duration::from_secs(1));
     if let Err(e) = tasks.add_blocking(spec, move || {
         st.account_writers();
+        pool::lower_indexing_priority();
         Ok(())
     }) {
         tracing::error!(error = %e, "cannot schedule writer accounting");

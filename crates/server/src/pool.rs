@@ -132,3 +132,51 @@ mod tests {
         assert_eq!(queued.await.unwrap().unwrap(), 7);
     }
 }
+
+/// Nice value of indexing work: below searches (nice 5), which are below the async threads.
+pub(crate) const INDEXING_NICE: i32 = 10;
+
+/// Lowers the priority of this process's indexing threads (Tantivy's index workers, merge and
+/// segment-updater threads, doc-store compressors) so a large ingest cannot starve searches:
+/// the kernel then gives searches the CPU first. Tantivy names its threads but offers no hook,
+/// so they are found by name in `/proc/self/task`. Best effort: Linux only, errors ignored.
+/// Cheap (one directory listing), called every second by a background job.
+pub(crate) fn lower_indexing_priority() {
+    const PREFIXES: [&str; 4] = [
+        "thrd-tantivy-in",
+        "merge_thread_",
+        "segment_update",
+        "docstore-compre",
+    ];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if !PREFIXES.iter().any(|p| comm.starts_with(p)) {
+            continue;
+        }
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        if rustix::process::getpriority_process(Some(tid)).is_ok_and(|p| p < INDEXING_NICE) {
+            let _ = rustix::process::setpriority_process(Some(tid), INDEXING_NICE);
+        }
+    }
+}
+
+/// Runs `f` at indexing priority on the calling (blocking-pool) thread. The thread keeps that
+/// priority: tokio's blocking threads only run background and write work in this server.
+pub(crate) fn at_indexing_priority<T>(f: impl FnOnce() -> T) -> T {
+    if rustix::process::getpriority_process(None).is_ok_and(|p| p < INDEXING_NICE) {
+        let _ = rustix::process::setpriority_process(None, INDEXING_NICE);
+    }
+    f()
+}

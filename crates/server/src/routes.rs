@@ -150,7 +150,7 @@ async fn blocking<T: Send + 'static>(
     let id = context::current_request_id();
     match tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
-        f()
+        crate::pool::at_indexing_priority(f)
     })
     .await
     {
