@@ -22,7 +22,7 @@ fn steps() -> Vec<Step> {
         _ => "-D warnings".to_string(),
     };
     doc.env("RUSTDOCFLAGS", flags);
-    let mut steps = vec![
+    vec![
         Step {
             name: "fmt",
             cmd: cargo(["fmt", "--all", "--", "--check"]),
@@ -46,34 +46,7 @@ fn steps() -> Vec<Step> {
             name: "doc",
             cmd: doc,
         },
-    ];
-    if let Some(secs) = fuzz_secs() {
-        steps.push(Step {
-            name: "fuzz",
-            cmd: fuzz_step(secs),
-        });
-    }
-    steps
-}
-
-/// Seconds per fuzz target in `verify`: `IRONSIFT_FUZZ_SECS`, else 10 under CI, else no fuzzing
-/// (the build of the instrumented targets takes minutes).
-fn fuzz_secs() -> Option<u64> {
-    match std::env::var("IRONSIFT_FUZZ_SECS") {
-        Ok(v) => v.trim().parse().ok().filter(|s| *s > 0),
-        Err(_) => (std::env::var("CI").as_deref() == Ok("true")).then_some(10),
-    }
-}
-
-/// `cargo xtask fuzz --secs N`, run by this same xtask binary.
-fn fuzz_step(secs: u64) -> Command {
-    let mut cmd = match std::env::current_exe() {
-        Ok(exe) => Command::new(exe),
-        Err(_) => cargo(["run", "--quiet", "--package", "xtask", "--"]),
-    };
-    cmd.args(["fuzz", "--secs", &secs.to_string()])
-        .current_dir(crate::workspace_root());
-    cmd
+    ]
 }
 
 enum Outcome {
@@ -84,6 +57,7 @@ enum Outcome {
 
 pub(crate) fn run() -> Result<ExitCode> {
     let mut steps = steps();
+    steps.extend(stress_step());
     let total = steps.len();
     let mut outcomes = Vec::with_capacity(total);
     let started = Instant::now();
@@ -128,3 +102,17 @@ pub(crate) fn run() -> Result<ExitCode> {
     })
 }
 
+/// The short form of every stress scenario (`cargo xtask stress all --quick`, a release build
+/// and about two minutes), only with `CI=true` or `IRONSIFT_STRESS=1`.
+fn stress_step() -> Option<Step> {
+    let on = std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("IRONSIFT_STRESS").as_deref() == Ok("1");
+    let exe = std::env::current_exe().ok().filter(|_| on)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["stress", "all", "--quick"])
+        .current_dir(crate::workspace_root());
+    Some(Step {
+        name: "stress",
+        cmd,
+    })
+}

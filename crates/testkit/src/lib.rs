@@ -23,6 +23,7 @@
 pub mod corpus;
 pub mod http;
 pub mod load;
+pub mod report;
 mod process;
 pub mod rng;
 pub mod strategies;

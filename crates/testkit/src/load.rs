@@ -437,8 +437,10 @@ pub enum Class {
     Ok,
     /// 429 or 503: the server refused the work to protect itself; handled, not an error.
     Shed,
-    /// A 4xx answer to a request sent to be refused ([`Request::expecting_rejection`], e.g. a
-    /// query over the server's length limit): handled, not an error.
+    /// The input refused (400, 413, 414 or 431) for a request marked as possibly invalid
+    /// ([`Request::expecting_rejection`]: a query over the server's length limit, a raw web
+    /// query that is not valid syntax): handled, not an error. Other 4xx (401, 403, 404, ...)
+    /// stay errors.
     Rejected,
     /// Any other status, or no response (refused, reset, malformed).
     Error,
@@ -472,7 +474,7 @@ impl Class {
             Sent::Answer(a) => match a.status {
                 200..=299 => Class::Ok,
                 429 | 503 => Class::Shed,
-                400..=499 if expect_rejection => Class::Rejected,
+                400 | 413 | 414 | 431 if expect_rejection => Class::Rejected,
                 _ => Class::Error,
             },
             Sent::Failed(_) => Class::Error,
@@ -529,8 +531,8 @@ impl Request {
         Request::new("GET", host, path, headers, None)
     }
 
-    /// Marks the request as one the server should refuse (a 4xx then counts as
-    /// [`Class::Rejected`], not as an error).
+    /// Marks the request as one the server may refuse as invalid input (a 400, 413, 414 or 431
+    /// then counts as [`Class::Rejected`], not as an error).
     pub fn expecting_rejection(mut self) -> Request {
         self.expect_rejection = true;
         self
@@ -1091,15 +1093,24 @@ pub fn read_rss(pid: u32) -> Option<(u64, u64)> {
 /// Closed-loop users shared by consecutive closed phases of one workload.
 struct Users {
     active: AtomicUsize,
-    /// Bumped at each phase start: users reset their quota count.
-    generation: AtomicU64,
-    quota: AtomicU64,
+    /// What the current phase asks of its users, read as one snapshot per request so that a
+    /// request belongs to exactly one phase.
+    phase: Mutex<UserPhase>,
     /// Users done with their quota in this generation.
     done: AtomicUsize,
-    /// Requests sent before this instant (µs since the run start) are not measured.
-    measured_from_us: AtomicU64,
     stop: AtomicBool,
     wake: Notify,
+}
+
+#[derive(Clone, Copy)]
+struct UserPhase {
+    /// Bumped at each phase start: users reset their quota count.
+    generation: u64,
+    quota: u64,
+    /// Requests sent before this instant (µs since the run start) are not measured...
+    measured_from_us: u64,
+    /// ... nor those sent from the phase's end on (a phase stops at its next 50 ms tick).
+    measured_until_us: u64,
 }
 
 struct Shared {
@@ -1128,12 +1139,12 @@ async fn user(
         if users.stop.load(Ordering::Acquire) {
             return;
         }
-        let g = users.generation.load(Ordering::Acquire);
-        if g != generation {
-            generation = g;
+        let phase = *users.phase.lock().unwrap_or_else(|p| p.into_inner());
+        if phase.generation != generation {
+            generation = phase.generation;
             sent_in_generation = 0;
         }
-        let quota = users.quota.load(Ordering::Acquire);
+        let quota = phase.quota;
         if index >= users.active.load(Ordering::Acquire) || sent_in_generation >= quota {
             // Leaving (or waiting to join): a real user would not hold a connection open.
             conn.close();
@@ -1143,8 +1154,8 @@ async fn user(
         let k = next.fetch_add(1, Ordering::Relaxed);
         let req = &requests[(k % requests.len() as u64) as usize];
         let start = Instant::now();
-        let measured = us(start.saturating_duration_since(rec.start))
-            >= users.measured_from_us.load(Ordering::Relaxed);
+        let at = us(start.saturating_duration_since(rec.start));
+        let measured = (phase.measured_from_us..phase.measured_until_us).contains(&at);
         rec.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = conn.send(&req.bytes, shared.timeout).await;
         rec.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -1162,10 +1173,13 @@ async fn run_workload(workload: usize, w: Workload, shared: Arc<Shared>) {
     let next = Arc::new(AtomicU64::new(0));
     let users = Arc::new(Users {
         active: AtomicUsize::new(0),
-        generation: AtomicU64::new(0),
-        quota: AtomicU64::new(u64::MAX),
+        phase: Mutex::new(UserPhase {
+            generation: 0,
+            quota: u64::MAX,
+            measured_from_us: u64::MAX,
+            measured_until_us: 0,
+        }),
         done: AtomicUsize::new(0),
-        measured_from_us: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         wake: Notify::new(),
     });
@@ -1213,14 +1227,16 @@ async fn run_workload(workload: usize, w: Workload, shared: Arc<Shared>) {
                         shared.clone(),
                     )));
                 }
-                users
-                    .measured_from_us
-                    .store(us(measured_from - rec.start), Ordering::Release);
-                users
-                    .quota
-                    .store(per_user.unwrap_or(u64::MAX), Ordering::Release);
                 users.done.store(0, Ordering::Release);
-                users.generation.fetch_add(1, Ordering::AcqRel);
+                {
+                    let mut p = users.phase.lock().unwrap_or_else(|p| p.into_inner());
+                    *p = UserPhase {
+                        generation: p.generation + 1,
+                        quota: per_user.unwrap_or(u64::MAX),
+                        measured_from_us: us(measured_from - rec.start),
+                        measured_until_us: us(end - rec.start),
+                    };
+                }
                 let mut tick = tokio::time::interval(Duration::from_millis(50));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -1247,6 +1263,13 @@ async fn run_workload(workload: usize, w: Workload, shared: Arc<Shared>) {
                     }
                     tick.tick().await;
                 }
+                // Until the next phase says otherwise, nothing more is measured: requests
+                // sent between two phases belong to neither.
+                users
+                    .phase
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .measured_from_us = u64::MAX;
             }
             Mode::Open { rate, connections } => {
                 users.active.store(0, Ordering::Release);
