@@ -91,48 +91,6 @@ impl Pool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_jobs_sheds_when_full_and_survives_panics() {
-        let pool = Arc::new(Pool::new("t", 1, 1).unwrap());
-        assert_eq!(pool.run(|| Ok(41 + 1)).await.unwrap(), 42);
-
-        let e = pool
-            .run(|| -> Result<(), ApiError> { panic!("boom") })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, ErrorCode::Internal);
-
-        // Block the only thread, fill the one queue slot, then the next job is refused.
-        let (release, wait) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
-        let p = pool.clone();
-        let busy = tokio::spawn(async move {
-            p.run(move || {
-                started_tx.send(()).unwrap();
-                wait.recv().unwrap();
-                Ok(())
-            })
-            .await
-        });
-        started.recv_timeout(Duration::from_secs(5)).unwrap();
-        let p = pool.clone();
-        let queued = tokio::spawn(async move { p.run(|| Ok(7)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let e = pool.run(|| Ok(0)).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::Overloaded);
-        assert_eq!(e.retry_after, Some(1));
-        release.send(()).unwrap();
-        busy.await.unwrap().unwrap();
-        assert_eq!(queued.await.unwrap().unwrap(), 7);
-    }
-}
-
 /// Nice value of indexing work: below searches (nice 5), which are below the async threads.
 pub(crate) const INDEXING_NICE: i32 = 10;
 
@@ -179,4 +137,46 @@ pub(crate) fn at_indexing_priority<T>(f: impl FnOnce() -> T) -> T {
         let _ = rustix::process::setpriority_process(None, INDEXING_NICE);
     }
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_jobs_sheds_when_full_and_survives_panics() {
+        let pool = Arc::new(Pool::new("t", 1, 1).unwrap());
+        assert_eq!(pool.run(|| Ok(41 + 1)).await.unwrap(), 42);
+
+        let e = pool
+            .run(|| -> Result<(), ApiError> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+
+        // Block the only thread, fill the one queue slot, then the next job is refused.
+        let (release, wait) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<()>();
+        let p = pool.clone();
+        let busy = tokio::spawn(async move {
+            p.run(move || {
+                started_tx.send(()).unwrap();
+                wait.recv().unwrap();
+                Ok(())
+            })
+            .await
+        });
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.run(|| Ok(7)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = pool.run(|| Ok(0)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Overloaded);
+        assert_eq!(e.retry_after, Some(1));
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 7);
+    }
 }
