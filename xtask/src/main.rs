@@ -6,7 +6,11 @@
 
 mod bench;
 mod bench_http;
+mod bench_ingest;
 mod corpus;
+mod crash;
+mod fuzz;
+mod golden;
 mod json;
 mod report;
 mod stress;
@@ -23,8 +27,9 @@ const HELP: &str = "\
 cargo xtask <command> [options]
 
 Commands:
-  verify                    fmt --check, clippy -D warnings, tests, docs with -D warnings;
-                            stops at the first failure
+  verify                    fmt --check, clippy -D warnings, tests, docs with -D warnings, and
+                            with CI=true or IRONSIFT_FUZZ_SECS=N a short fuzz run (N s per
+                            target, default 10); stops at the first failure
   bench [--quick] [--data DIR] [--check] [-- CRITERION_ARGS...]
                             fetch/prepare the Linux 6.1 corpus in DIR, run `cargo bench --bench
                             core`, write target/bench-report/report.{md,json}
@@ -37,7 +42,24 @@ Commands:
                             then open loop at half that rate) against plain Tantivy in-process
                             search from the same run; write target/bench-report/http.{md,json}
       --quick               3 s load runs and 2,000 baseline queries
+  bench-ingest [--data DIR] [--runs N] [--restart-docs N]
+                            bulk NDJSON ingest of DIR/linux-docs.jsonl over HTTP with
+                            --durability request and async against plain Tantivy in-process
+                            indexing (MB/s ratios, N runs each, default 2), then the time to
+                            ready after SIGKILL with N un-committed documents in the log
+                            (default 100,000)
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
+  crash [--rounds N] [--seed S]
+                            the crash test in release (`cargo test --release --test crash`):
+                            N rounds (default 300) of SIGKILL at random moments under writes;
+                            prints rounds, operations acknowledged and lost
+  fuzz [--secs N] [--target T]
+                            build the cargo-fuzz targets in fuzz/ (installing cargo-fuzz if
+                            missing) and run each for N seconds (default 60); exit 1 on a crash
+                            and print the input's path. Targets: query, ndjson, wal_decode,
+                            schema_json, http_router
+  bless                     regenerate tests/golden/expected.json from the golden corpus (after
+                            a change to ranking or parsing that is meant to change the results)
   report                    rewrite the report from the latest Criterion results (no run)
   stress <SCENARIO|all> [--quick] [--docs N] [-- BENCH_HTTP_ARGS...]
                             build the release binary, index a generated corpus (N docs, default
@@ -60,7 +82,12 @@ fn main() -> ExitCode {
         Some("verify") => Err(format!("verify takes no arguments\n\n{HELP}")),
         Some("bench") => bench::run(&args[1..]),
         Some("bench-http") => bench_http::run(&args[1..]),
+        Some("bench-ingest") => bench_ingest::run(&args[1..]),
         Some("corpus") => bench::corpus_only(&args[1..]),
+        Some("crash") => crash::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("bless") if args.len() == 1 => golden::bless(),
+        Some("bless") => Err(format!("bless takes no arguments\n\n{HELP}")),
         Some("report") if args.len() == 1 => bench::report_only(),
         Some("report") => Err(format!("report takes no arguments\n\n{HELP}")),
         Some("stress") => stress::run(&args[1..]),

@@ -22,7 +22,7 @@ fn steps() -> Vec<Step> {
         _ => "-D warnings".to_string(),
     };
     doc.env("RUSTDOCFLAGS", flags);
-    vec![
+    let mut steps = vec![
         Step {
             name: "fmt",
             cmd: cargo(["fmt", "--all", "--", "--check"]),
@@ -46,7 +46,34 @@ fn steps() -> Vec<Step> {
             name: "doc",
             cmd: doc,
         },
-    ]
+    ];
+    if let Some(secs) = fuzz_secs() {
+        steps.push(Step {
+            name: "fuzz",
+            cmd: fuzz_step(secs),
+        });
+    }
+    steps
+}
+
+/// Seconds per fuzz target in `verify`: `IRONSIFT_FUZZ_SECS`, else 10 under CI, else no fuzzing
+/// (the build of the instrumented targets takes minutes).
+fn fuzz_secs() -> Option<u64> {
+    match std::env::var("IRONSIFT_FUZZ_SECS") {
+        Ok(v) => v.trim().parse().ok().filter(|s| *s > 0),
+        Err(_) => (std::env::var("CI").as_deref() == Ok("true")).then_some(10),
+    }
+}
+
+/// `cargo xtask fuzz --secs N`, run by this same xtask binary.
+fn fuzz_step(secs: u64) -> Command {
+    let mut cmd = match std::env::current_exe() {
+        Ok(exe) => Command::new(exe),
+        Err(_) => cargo(["run", "--quiet", "--package", "xtask", "--"]),
+    };
+    cmd.args(["fuzz", "--secs", &secs.to_string()])
+        .current_dir(crate::workspace_root());
+    cmd
 }
 
 enum Outcome {
