@@ -23,8 +23,8 @@
 pub mod corpus;
 pub mod http;
 pub mod load;
-pub mod report;
 mod process;
+pub mod report;
 pub mod rng;
 pub mod strategies;
 
