@@ -114,6 +114,23 @@ pub(crate) struct ServeArgs {
     /// is failing or the server overloaded); 0 disables [default: 64].
     #[arg(long, env = "IRONSIFT_CACHE_MB")]
     cache_mb: Option<usize>,
+    /// Open an index's search breaker when this percentage of its recent searches failed
+    /// (cached answers are then served, flagged degraded) [default: 50].
+    #[arg(long, env = "IRONSIFT_BREAKER_FAILURE_RATE")]
+    breaker_failure_rate: Option<f64>,
+    /// Searches the breaker looks back on [default: 50].
+    #[arg(long, env = "IRONSIFT_BREAKER_WINDOW")]
+    breaker_window: Option<u32>,
+    /// How long a breaker stays open at first (doubling on re-opening, up to 60s) [default: 5s].
+    #[arg(long, env = "IRONSIFT_BREAKER_OPEN", value_parser = parse_duration)]
+    breaker_open: Option<Duration>,
+    /// Inject faults into searches for chaos drills: fraction of searches failing (0-1)
+    /// [default: 0]. Also settable at PUT /v1/admin/chaos.
+    #[arg(long, env = "IRONSIFT_CHAOS_ERROR_RATE")]
+    chaos_error_rate: Option<f64>,
+    /// Inject latency into every search for chaos drills [default: 0].
+    #[arg(long, env = "IRONSIFT_CHAOS_LATENCY", value_parser = parse_duration)]
+    chaos_latency: Option<Duration>,
     /// Deadline of a search that gives no timeout_ms [default: 2s].
     #[arg(long, env = "IRONSIFT_SEARCH_TIMEOUT", value_parser = parse_duration)]
     search_timeout: Option<Duration>,
@@ -322,6 +339,15 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(0),
         rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(0),
         cache_bytes: args.cache_mb.or(file.cache_mb).unwrap_or(64) << 20,
+        breaker_failure_rate: args
+            .breaker_failure_rate
+            .unwrap_or(defaults.breaker_failure_rate),
+        breaker_window: args.breaker_window.unwrap_or(defaults.breaker_window),
+        breaker_open: args.breaker_open.unwrap_or(defaults.breaker_open),
+        chaos: server::ChaosConfig {
+            search_error_rate: args.chaos_error_rate.unwrap_or(0.0),
+            search_latency_ms: args.chaos_latency.map_or(0, |d| d.as_millis() as u64),
+        },
         ..defaults
     };
     let search_timeout = match args.search_timeout {

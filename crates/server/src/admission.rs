@@ -44,6 +44,13 @@ pub struct AdmissionConfig {
     /// Fault injection for chaos drills (off by default; also settable at
     /// `PUT /v1/admin/chaos`).
     pub chaos: ChaosConfig,
+    /// The per-index search breaker: opens when this percentage of the last `breaker_window`
+    /// searches failed for server-side reasons (default 50).
+    pub breaker_failure_rate: f64,
+    /// Searches in the breaker's window (default 50); rates count once 10 are in.
+    pub breaker_window: u32,
+    /// First open period; it doubles (with jitter) on each re-opening, up to 60 s (default 5 s).
+    pub breaker_open: std::time::Duration,
 }
 
 /// Faults injected into search execution, inside the breaker's scope, for chaos drills.
@@ -142,6 +149,9 @@ impl Default for AdmissionConfig {
             rate_limit_keys: 100_000,
             cache_bytes: 64 << 20,
             chaos: ChaosConfig::default(),
+            breaker_failure_rate: 50.0,
+            breaker_window: 50,
+            breaker_open: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -167,6 +177,7 @@ pub(crate) struct Admission {
     pub(crate) breakers: BreakerRegistry,
     pub(crate) cache: Option<ResultCache<String, CachedAnswer>>,
     pub(crate) chaos: Chaos,
+    breaker_config: BreakerConfig,
 }
 
 impl Admission {
@@ -197,6 +208,19 @@ impl Admission {
             None
         };
         cfg.chaos.validate()?;
+        let breaker_config = BreakerConfig {
+            window: resilience::SlidingWindow::Count(cfg.breaker_window.max(1)),
+            failure_rate_threshold: Some(cfg.breaker_failure_rate),
+            minimum_calls: 10.min(cfg.breaker_window.max(1)),
+            open_wait: resilience::OpenWait::Exponential {
+                initial: cfg.breaker_open,
+                multiplier: 2.0,
+                max: cfg.breaker_open.max(std::time::Duration::from_secs(60)),
+                jitter: 0.2,
+            },
+            ..BreakerConfig::default()
+        };
+        breaker_config.validate().map_err(|err| e("breaker", err))?;
         let chaos = Chaos::default();
         chaos.set(cfg.chaos);
         Ok(Admission {
@@ -206,18 +230,14 @@ impl Admission {
             breakers: BreakerRegistry::new(),
             cache,
             chaos,
+            breaker_config,
         })
     }
 
-    /// The breaker guarding searches on one index: opens when half of the last 50 searches
-    /// failed for server-side reasons (client errors never count), probes after 5 s.
+    /// The breaker guarding searches on one index (client errors and deadlines never count).
     pub(crate) fn breaker(&self, index: &str) -> Option<Arc<resilience::CircuitBreaker>> {
         self.breakers
-            .get_or_insert(&format!("search:{index}"), || BreakerConfig {
-                window: resilience::SlidingWindow::Count(50),
-                minimum_calls: 10,
-                ..BreakerConfig::default()
-            })
+            .get_or_insert(&format!("search:{index}"), || self.breaker_config.clone())
             .ok()
     }
 }
