@@ -347,6 +347,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         chaos: server::ChaosConfig {
             search_error_rate: args.chaos_error_rate.unwrap_or(0.0),
             search_latency_ms: args.chaos_latency.map_or(0, |d| d.as_millis() as u64),
+            search_panic_rate: 0.0,
         },
         ..defaults
     };

@@ -298,12 +298,24 @@ impl SearchIndex {
         if matches!(*guard, WriterSlot::Idle) {
             *guard = WriterSlot::Open(Box::new(self.open_slot()?));
         }
-        match &mut *guard {
+        let result = match &mut *guard {
             WriterSlot::Open(w) => f(w),
             _ => Err(CoreError::IndexClosed {
                 name: self.name.clone(),
             }),
+        };
+        // A panic in one of Tantivy's indexing threads kills the writer for good: drop it, so
+        // the next write opens a fresh one (replaying the log, so nothing acknowledged is lost)
+        // instead of every write failing until a restart.
+        if let Err(CoreError::Tantivy {
+            source: TantivyError::ErrorInThread(_) | TantivyError::Poisoned,
+            ..
+        }) = &result
+        {
+            tracing::error!(index = %self.name, "the index writer died; it is reopened on the next write");
+            *guard = WriterSlot::Idle;
         }
+        result
     }
 
     /// The writer slot, a writer marked failed dropped first (which releases its lock): the

@@ -63,6 +63,9 @@ pub struct ChaosConfig {
     /// Latency added to every search, in milliseconds.
     #[serde(default)]
     pub search_latency_ms: u64,
+    /// Fraction of searches that panic (0 to 1): shows that a panic is contained.
+    #[serde(default)]
+    pub search_panic_rate: f64,
 }
 
 impl ChaosConfig {
@@ -72,6 +75,12 @@ impl ChaosConfig {
             return Err(format!(
                 "search_error_rate must be between 0 and 1, not {}",
                 self.search_error_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.search_panic_rate) {
+            return Err(format!(
+                "search_panic_rate must be between 0 and 1, not {}",
+                self.search_panic_rate
             ));
         }
         if self.search_latency_ms > 60_000 {
@@ -87,6 +96,7 @@ pub(crate) struct Chaos {
     /// Error rate in millionths.
     error_ppm: std::sync::atomic::AtomicU32,
     latency_ms: std::sync::atomic::AtomicU64,
+    panic_ppm: std::sync::atomic::AtomicU32,
     draws: std::sync::atomic::AtomicU64,
 }
 
@@ -96,6 +106,8 @@ impl Chaos {
         self.error_ppm
             .store((c.search_error_rate * 1e6).round() as u32, Relaxed);
         self.latency_ms.store(c.search_latency_ms, Relaxed);
+        self.panic_ppm
+            .store((c.search_panic_rate * 1e6).round() as u32, Relaxed);
         if c != ChaosConfig::default() {
             tracing::warn!(?c, "chaos: injecting faults into searches");
         }
@@ -106,6 +118,7 @@ impl Chaos {
         ChaosConfig {
             search_error_rate: f64::from(self.error_ppm.load(Relaxed)) / 1e6,
             search_latency_ms: self.latency_ms.load(Relaxed),
+            search_panic_rate: f64::from(self.panic_ppm.load(Relaxed)) / 1e6,
         }
     }
 
@@ -117,20 +130,25 @@ impl Chaos {
         if latency > 0 {
             std::thread::sleep(std::time::Duration::from_millis(latency));
         }
-        let ppm = self.error_ppm.load(Relaxed);
-        if ppm > 0 {
+        let draw = || {
             // A Weyl sequence through a mixer: uniform enough, no lock, no dependency.
             let n = self.draws.fetch_add(1, Relaxed);
             let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             x ^= x >> 31;
             x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
             x ^= x >> 29;
-            if x % 1_000_000 < u64::from(ppm) {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "injected fault (chaos drill): the search failed",
-                ));
-            }
+            x % 1_000_000
+        };
+        let ppm = self.panic_ppm.load(Relaxed);
+        if ppm > 0 && draw() < u64::from(ppm) {
+            panic!("injected panic (chaos drill)");
+        }
+        let ppm = self.error_ppm.load(Relaxed);
+        if ppm > 0 && draw() < u64::from(ppm) {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "injected fault (chaos drill): the search failed",
+            ));
         }
         Ok(())
     }

@@ -64,8 +64,14 @@ impl Pool {
         let span = tracing::Span::current();
         let job: Job = Box::new(move || {
             let _enter = span.enter();
-            let out = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-                tracing::error!("search task panicked");
+            let out = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                metrics::counter!("ironsift_panics_caught_total").increment(1);
+                tracing::error!(panic = %what, "search task panicked; the thread and the index carry on");
                 Err(ApiError::new(
                     ErrorCode::Internal,
                     "internal error: the operation panicked; the index is unaffected",

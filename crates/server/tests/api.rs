@@ -1113,3 +1113,60 @@ async fn resources_return_to_their_baseline_after_bursts_and_index_cycles() {
         res.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_search_work_is_a_500_with_the_request_id_and_the_index_stays_usable() {
+    let a = api(ServerConfig::default());
+    assert_eq!(
+        a.post_json("/v1/indexes", json!({"name": "p"}))
+            .await
+            .status,
+        201
+    );
+    let r = a
+        .post_json(
+            "/v1/indexes/p/documents?refresh=wait_for",
+            json!([{"id": "1", "text": "fine"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = a
+        .send(
+            "PUT",
+            "/v1/admin/chaos",
+            Some("application/json"),
+            r#"{"search_panic_rate": 1.0}"#,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..5 {
+        let r = a.get(&format!("/v1/indexes/p/search?q=boom{i}")).await;
+        assert_error(&r, 500, "internal");
+        assert!(r.text.contains("panicked"), "{}", r.text);
+    }
+    let r = a
+        .send(
+            "PUT",
+            "/v1/admin/chaos",
+            Some("application/json"),
+            "{}",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = a.get("/v1/indexes/p/search?q=fine").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total"], 1);
+    let r = a
+        .post_json(
+            "/v1/indexes/p/documents?refresh=wait_for",
+            json!([{"id": "2", "text": "fine again"}]),
+        )
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the index takes writes after the panics: {}",
+        r.text
+    );
+}
