@@ -394,6 +394,13 @@ impl Ctx<'_> {
         )
     }
 
+    /// Searches over the first `n` queries only: a workload that repeats itself, as real
+    /// traffic does, so cached answers exist (the chaos drill shows them served degraded).
+    fn repeated_searches(&self, n: usize) -> Arc<Vec<Request>> {
+        let all = self.searches();
+        Arc::new(all.iter().take(n.max(1)).cloned().collect())
+    }
+
     fn pick(&self, full: Duration, quick: Duration) -> Duration {
         if self.quick { quick } else { full }
     }
@@ -515,7 +522,11 @@ fn build(scenario: Scenario, ctx: &Ctx<'_>) -> Result<Built> {
                 ctx,
                 vec![Workload {
                     name: "search".into(),
-                    requests: ctx.searches(),
+                    requests: if chaos {
+                        ctx.repeated_searches(200)
+                    } else {
+                        ctx.searches()
+                    },
                     phases: vec![Phase {
                         name: if chaos { "chaos" } else { "steady" }.into(),
                         mode: Mode::Open { rate, connections },

@@ -263,6 +263,21 @@ fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))
 }
 
+/// `GET path` and the whole body as text (`Connection: close`).
+fn http_text(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw)?;
+    Ok(raw
+        .split_once("\r\n\r\n")
+        .map_or(raw.clone(), |(_, b)| b.to_string()))
+}
+
 /// A free loopback port (bound, then released for the server to take).
 fn free_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind loopback: {e}"))?;
@@ -349,6 +364,30 @@ fn run_one(
             a.extend(["--search-queue".to_string(), "32".to_string()]);
         }
         a
+    } else if scenario == "chaos" {
+        // Issue #7's drill: 10 % of searches fail and each takes 100 ms more, with a breaker
+        // sensitive enough to open on that and short open periods so it also closes again.
+        let flags = serve_flags(
+            bin,
+            &[
+                "--chaos-error-rate",
+                "--chaos-latency",
+                "--breaker-failure-rate",
+                "--breaker-open",
+            ],
+        );
+        let mut a = Vec::new();
+        for (flag, value) in [
+            ("--chaos-error-rate", "0.1"),
+            ("--chaos-latency", "100ms"),
+            ("--breaker-failure-rate", "5"),
+            ("--breaker-open", "1s"),
+        ] {
+            if flags.iter().any(|f| f == flag) {
+                a.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        a
     } else {
         Vec::new()
     };
@@ -416,6 +455,20 @@ fn run_one(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    if scenario == "chaos" {
+        // The breaker's transitions and the degraded answers, as the server counted them.
+        match http_text(addr, "/metrics") {
+            Ok(text) => {
+                for line in text.lines().filter(|l| {
+                    l.starts_with("ironsift_breaker_transitions_total")
+                        || l.starts_with("ironsift_degraded_answers_total")
+                }) {
+                    println!("stress: {line}");
+                }
+            }
+            Err(e) => eprintln!("stress: cannot read /metrics: {e}"),
+        }
+    }
     let exit = server.terminate(Duration::from_secs(30))?;
     let clean_exit = exit.is_some_and(|s| s.success());
     let code = status.code();

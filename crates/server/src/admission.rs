@@ -148,7 +148,8 @@ impl Chaos {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "injected fault (chaos drill): the search failed",
-            ));
+            )
+            .retry_after(1));
         }
         Ok(())
     }
