@@ -13,6 +13,7 @@ mod fuzz;
 mod golden;
 mod json;
 mod report;
+mod soak;
 mod stress;
 mod verify;
 
@@ -68,6 +69,12 @@ Commands:
                             target/stress-reports/. Scenarios: concurrency, sustained,
                             memory-pressure, exhaustion, scale, chaos (SIGKILL + restart)
       --quick               the short CI form of each scenario (seconds)
+  soak [--minutes N] [--sample-secs S]
+                            build the release binary, run `ironsift serve` on loopback under a
+                            fixed mixed load (searches, upserts, deletes, commits, snapshots,
+                            index create/delete cycles) for N minutes (default 10), sample RSS,
+                            fds, /v1/admin/resources and segments every S s (default 5) into
+                            target/soak/; exit 1 on growth after the 20 % warm-up
   help                      this text
 ";
 
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
         Some("report") if args.len() == 1 => bench::report_only(),
         Some("report") => Err(format!("report takes no arguments\n\n{HELP}")),
         Some("stress") => stress::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     match outcome {
