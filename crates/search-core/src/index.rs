@@ -344,6 +344,14 @@ impl SearchIndex {
                 failed: false,
             });
         }
+        // A process killed in the middle of a commit leaves that commit's files behind (e.g.
+        // `SEGMENT.OPSTAMP.del`). The replay below hands out the same opstamps again and
+        // Tantivy refuses to overwrite a file, so recovery would fail for good: delete what
+        // the last commit does not use first. Best effort: a failure (a full disk) only means
+        // the collision may still happen.
+        if let Err(e) = writer.garbage_collect_files().wait() {
+            tracing::warn!(index = %self.name, error = %e, "could not delete files left by an unfinished commit");
+        }
         let committed = self.committed_wal_seq()?;
         let started = std::time::Instant::now();
         let (wal, stats) = Wal::open(&self.dir.join(WAL_DIR), committed, |seq, record| {
