@@ -541,6 +541,33 @@ fn build(scenario: Scenario, ctx: &Ctx<'_>) -> Result<Built> {
                 "A fixed arrival rate (open loop); latency counts from each request's intended send time, so stalls cannot hide (coordinated omission)."
             };
             if chaos {
+                // Writes keep the index changing, as in production: cached answers then go
+                // stale, and while the breaker is open they are served flagged `degraded`.
+                let marker = ctx.request(
+                    "POST",
+                    &format!("/v1/indexes/{}/documents?refresh=wait_for", ctx.index),
+                    Some((
+                        "application/json",
+                        br#"{"id":"ironsift-chaos-marker","text":"chaos drill marker document"}"#,
+                    )),
+                );
+                plan.workloads.push(Workload {
+                    name: "writes".into(),
+                    requests: Arc::new(vec![marker]),
+                    phases: vec![Phase {
+                        name: "writes".into(),
+                        mode: Mode::Open {
+                            rate: 2.0,
+                            connections: 2,
+                        },
+                        duration: warmup + duration,
+                        warmup,
+                    }],
+                });
+                set(
+                    "writes",
+                    "2/s upserts of the document ironsift-chaos-marker (left in the index)".into(),
+                );
                 match &a.kill_cmd {
                     Some(cmd) => {
                         let at = a.kill_at.unwrap_or(warmup + duration / 3);
