@@ -304,16 +304,17 @@ impl SearchIndex {
                 name: self.name.clone(),
             }),
         };
-        // A panic in one of Tantivy's indexing threads kills the writer for good: drop it, so
-        // the next write opens a fresh one (replaying the log, so nothing acknowledged is lost)
-        // instead of every write failing until a restart.
+        // A panic in one of Tantivy's indexing threads kills the writer for good: mark it
+        // failed, so the next use drops it (retiring its log) and opens a fresh one, replaying
+        // the log, instead of every write failing until a restart.
         if let Err(CoreError::Tantivy {
             source: TantivyError::ErrorInThread(_) | TantivyError::Poisoned,
             ..
         }) = &result
+            && let WriterSlot::Open(w) = &mut *guard
         {
             tracing::error!(index = %self.name, "the index writer died; it is reopened on the next write");
-            *guard = WriterSlot::Idle;
+            w.failed = true;
         }
         result
     }
