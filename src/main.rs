@@ -12,6 +12,29 @@ use std::time::{Duration, Instant};
 mod bench_http;
 mod serve;
 
+/// jemalloc, whose decay hands freed pages back to the system; with glibc's per-thread arenas
+/// the process kept far more memory after large ingests (measurements in tests/memory.rs).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's `stats.allocated` / `stats.resident` for the memory monitor.
+#[cfg(feature = "jemalloc")]
+struct JemallocStats;
+
+#[cfg(feature = "jemalloc")]
+impl resource_mgmt::AllocatorStats for JemallocStats {
+    fn read(&self) -> Option<resource_mgmt::AllocatorReading> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // The statistics are cached; advancing the epoch refreshes them.
+        epoch::advance().ok()?;
+        Some(resource_mgmt::AllocatorReading {
+            allocated_bytes: stats::allocated::read().ok()? as u64,
+            resident_bytes: stats::resident::read().ok()? as u64,
+        })
+    }
+}
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -197,6 +220,12 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "jemalloc")]
+    {
+        // Background threads purge freed pages on time even while the process is idle.
+        let _ = tikv_jemalloc_ctl::background_thread::write(true);
+        server::AppState::install_allocator_stats(JemallocStats);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -82,6 +82,20 @@ impl Default for ServerConfig {
     }
 }
 
+/// Allocator statistics for the memory monitor, set once by the binary that picks the global
+/// allocator (the allocator is process-wide, so the hook is too).
+static ALLOCATOR_STATS: std::sync::OnceLock<Box<dyn resource_mgmt::AllocatorStats>> =
+    std::sync::OnceLock::new();
+
+/// Reads through to the installed [`ALLOCATOR_STATS`].
+struct InstalledAllocatorStats;
+
+impl resource_mgmt::AllocatorStats for InstalledAllocatorStats {
+    fn read(&self) -> Option<resource_mgmt::AllocatorReading> {
+        ALLOCATOR_STATS.get()?.read()
+    }
+}
+
 /// One open index and its write bookkeeping.
 pub(crate) struct IndexEntry {
     pub(crate) index: Arc<SearchIndex>,
@@ -194,6 +208,12 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Includes `stats` (e.g. jemalloc's allocated/resident) in every memory reading of the
+    /// services opened after this call. Only the first call counts; returns whether it did.
+    pub fn install_allocator_stats(stats: impl resource_mgmt::AllocatorStats) -> bool {
+        ALLOCATOR_STATS.set(Box::new(stats)).is_ok()
+    }
+
     /// Opens every index in the catalog. An index that fails to open does not stop the service:
     /// it is listed by `/readyz` (which then answers 503) and requests to it get the error.
     pub fn open(catalog: Catalog, config: ServerConfig) -> Result<AppState, String> {
@@ -228,10 +248,11 @@ impl AppState {
         let registry = resource_mgmt::ResourceRegistry::new();
         let budget = resource_mgmt::MemoryBudget::detect(config.memory_limit)
             .map_err(|e| format!("memory budget: {e}"))?;
-        let memory = resource_mgmt::MemoryMonitor::builder(budget)
-            .registry(registry.clone())
-            .build()
-            .map_err(|e| format!("memory monitor: {e}"))?;
+        let mut memory = resource_mgmt::MemoryMonitor::builder(budget).registry(registry.clone());
+        if ALLOCATOR_STATS.get().is_some() {
+            memory = memory.allocator_stats(InstalledAllocatorStats);
+        }
+        let memory = memory.build().map_err(|e| format!("memory monitor: {e}"))?;
         let indexes = indexes
             .into_iter()
             .map(|(k, v): (String, Arc<IndexEntry>)| (k, v.tracked(&registry)))
@@ -718,7 +739,10 @@ impl AppState {
         let critical = self.0.config.disk_critical;
         let disk = ("disk", move || match fs4::statvfs(&root) {
             Ok(s) if s.total_space() > 0 => {
-                let used = 1.0 - s.available_space() as f64 / s.total_space() as f64;
+                // As `df` counts it: blocks reserved for root are neither used nor available
+                // to us, so they are left out of both sides.
+                let in_use = s.total_space().saturating_sub(s.free_space()) as f64;
+                let used = in_use / (in_use + s.available_space() as f64).max(1.0);
                 let detail = format!(
                     "{:.1}% used, {} MiB available",
                     used * 100.0,
