@@ -184,12 +184,23 @@ impl SearchIndex {
                 detail: "the Tantivy schema on disk does not match the index metadata".into(),
             });
         }
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::OnCommitWithDelay)
-            .doc_store_cache_num_blocks(config.doc_cache_blocks)
-            .try_into()
-            .map_err(|e| CoreError::tantivy(name, "open reader", e))?;
+        // Tantivy can panic on a malformed segment file (an overflow in its composite-file
+        // parser): report it as damage instead of taking the process down.
+        let reader = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::OnCommitWithDelay)
+                .doc_store_cache_num_blocks(config.doc_cache_blocks)
+                .try_into()
+        }))
+        .unwrap_or_else(|_| {
+            Err(TantivyError::DataCorruption(
+                tantivy::error::DataCorruption::comment_only(
+                    "opening the index's segments panicked: a file is malformed",
+                ),
+            ))
+        })
+        .map_err(|e| CoreError::tantivy(name, "open reader", e))?;
         let queries = QueryBuilder::new(&index, layout.default_fields());
         Ok(SearchIndex {
             name: name.to_string(),

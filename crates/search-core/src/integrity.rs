@@ -103,11 +103,10 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
         wal_torn_bytes: 0,
         took_ms: 0,
     };
-    let mut damage = |file: PathBuf, detail: String| report_push(&mut report.damaged, file, detail);
     let meta = match IndexMeta::read(dir) {
         Ok(m) => Some(m),
         Err(e) => {
-            damage(dir.join(META_FILE), e.to_string());
+            report_push(&mut report.damaged, dir.join(META_FILE), e.to_string());
             None
         }
     };
@@ -115,7 +114,8 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
     let index = match Index::open_in_dir(&tdir) {
         Ok(i) => i,
         Err(e) => {
-            damage(
+            report_push(
+                &mut report.damaged,
                 tdir.join("meta.json"),
                 format!("cannot open the index: {e}"),
             );
@@ -126,7 +126,11 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
     let files = match committed_files(&index) {
         Ok(f) => f,
         Err(e) => {
-            damage(tdir.join("meta.json"), format!("does not parse: {e}"));
+            report_push(
+                &mut report.damaged,
+                tdir.join("meta.json"),
+                format!("does not parse: {e}"),
+            );
             report.took_ms = started.elapsed().as_millis() as u64;
             return report;
         }
@@ -137,7 +141,8 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
             Ok(m) => report.bytes_checked += m.len(),
             Err(e) => {
                 missing = true;
-                damage(
+                report_push(
+                    &mut report.damaged,
                     tdir.join(f),
                     format!("needed by the last commit but unreadable: {e}"),
                 );
@@ -150,19 +155,41 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
         if !tdir.join(f).exists() {
             continue;
         }
-        match index.directory().validate_checksum(f) {
+        match checksum_ok(&index, f) {
             Ok(true) => {}
-            Ok(false) => damage(tdir.join(f), "checksum mismatch".into()),
-            Err(e) => damage(tdir.join(f), format!("unreadable footer: {e}")),
+            Ok(false) => report_push(
+                &mut report.damaged,
+                tdir.join(f),
+                "checksum mismatch".into(),
+            ),
+            Err(e) => report_push(
+                &mut report.damaged,
+                tdir.join(f),
+                format!("unreadable footer: {e}"),
+            ),
         }
     }
     report.files_checked = files.len().saturating_sub(1);
-    if !missing {
-        // Every segment must also open: this parses each file's footer and header.
-        if let Err(e) = index.reader().map(|r| r.searcher().segment_readers().len()) {
-            damage(tdir.clone(), format!("a segment does not open: {e}"));
+    if report.damaged.is_empty() {
+        // Every segment must also open: this parses each file's footer and header. Tantivy
+        // can panic on a malformed file (an overflow in its composite-file parser): that is
+        // damage too, never a crash of the caller.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            index
+                .reader()
+                .map(|r| r.searcher().segment_readers().len())
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("opening it panicked".into()));
+        if let Err(e) = opened {
+            report_push(
+                &mut report.damaged,
+                tdir.clone(),
+                format!("a segment does not open: {e}"),
+            );
         }
     }
+    let _ = missing;
     if meta.map(|m| m.kind) != Some(IndexKind::Files) {
         let committed = index
             .load_metas()
@@ -173,11 +200,23 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
             .unwrap_or(0);
         match Wal::check(&dir.join(WAL_DIR), committed) {
             Ok(stats) => report.wal_torn_bytes = stats.torn_bytes,
-            Err(e) => damage(dir.join(WAL_DIR), e.to_string()),
+            Err(e) => report_push(&mut report.damaged, dir.join(WAL_DIR), e.to_string()),
         }
     }
     report.took_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// Whether `file` (relative to the index folder) passes its footer checksum. Tantivy panics on
+/// a file shorter than its footer; that is reported as an error, never a crash.
+pub(crate) fn checksum_ok(index: &Index, file: &Path) -> Result<bool, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        index
+            .directory()
+            .validate_checksum(file)
+            .map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|_| Err("the file is too short to hold its footer".into()))
 }
 
 fn report_push(list: &mut Vec<Damage>, file: PathBuf, detail: String) {

@@ -187,7 +187,7 @@ pub(crate) fn materialize(
         Index::open_in_dir(&build).map_err(|e| CoreError::tantivy("snapshot", "open", e))?;
     let mut bad = Vec::new();
     for name in files.iter().filter(|n| *n != "meta.json") {
-        match index.directory().validate_checksum(Path::new(name)) {
+        match crate::integrity::checksum_ok(&index, Path::new(name)) {
             Ok(true) => {}
             Ok(false) => bad.push(name.clone()),
             Err(e) => bad.push(format!("{name} ({e})")),
@@ -245,11 +245,7 @@ pub(crate) fn snapshot_is_sound(
         }
     }
     for f in info.files.iter().filter(|f| f.name != "meta.json") {
-        if !index
-            .directory()
-            .validate_checksum(Path::new(&f.name))
-            .map_err(|e| e.to_string())?
-        {
+        if !crate::integrity::checksum_ok(&index, Path::new(&f.name))? {
             return Err(format!("checksum mismatch in {}", f.name));
         }
     }
