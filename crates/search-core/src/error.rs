@@ -240,6 +240,8 @@ fn io_code(err: &io::Error) -> ErrorCode {
         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => ErrorCode::DataCorruption,
         io::ErrorKind::StorageFull => ErrorCode::StorageFull,
         io::ErrorKind::OutOfMemory => ErrorCode::ResourceExhausted,
+        // Some of Tantivy's writers rebuild an io::Error from a message, losing the errno.
+        _ if says_disk_full(&err.to_string()) => ErrorCode::StorageFull,
         _ => ErrorCode::Io,
     }
 }
@@ -338,6 +340,11 @@ mod tests {
 
     #[test]
     fn disk_full_is_classified_as_storage_full() {
+        let flattened = io::Error::other("No space left on device (os error 28)");
+        assert_eq!(
+            CoreError::tantivy("i", "commit", TantivyError::from(flattened)).code(),
+            ErrorCode::StorageFull
+        );
         let e = CoreError::io("/x", io::Error::from_raw_os_error(28));
         assert_eq!(e.code(), ErrorCode::StorageFull);
         assert!(e.is_retryable());
