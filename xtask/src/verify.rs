@@ -40,7 +40,7 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "test",
-            cmd: cargo(["test", "--workspace"]),
+            cmd: cargo(["test", "--workspace", "--no-fail-fast"]),
         },
         Step {
             name: "doc",

@@ -1749,14 +1749,19 @@ mod tests {
         // The quota phase alone sends 72 requests, 12 of each path.
         assert!(mixed.requests >= 72, "{mixed:?}");
         assert_eq!(mixed.conn_errors, 0, "{data:?}");
+        // Users cycle through the paths; the open-ended ramp phase can stop any user mid-cycle,
+        // so the halves may differ by one per user.
         assert!(
-            mixed.shed >= 24 && mixed.shed_with_retry_after * 2 == mixed.shed,
+            mixed.shed >= 24 && (mixed.shed_with_retry_after * 2).abs_diff(mixed.shed) <= 8,
             "{mixed:?}"
         );
         assert!(mixed.rejected >= 12 && mixed.http_errors >= 12, "{mixed:?}");
         assert!(mixed.degraded >= 12 && mixed.ok >= 24, "{mixed:?}");
         assert_eq!(mixed.timeouts, 0);
-        assert_eq!(data.workloads[0].statuses[&429], mixed.shed / 2);
+        assert!(
+            (data.workloads[0].statuses[&429] * 2).abs_diff(mixed.shed) <= 8,
+            "{mixed:?}"
+        );
         let slow = &data.workloads[1].counts;
         // 10/s for 0.25 s with the first 0.05 s unmeasured: 2 measured, all timing out.
         assert_eq!((slow.requests, slow.timeouts), (2, 2), "{slow:?}");
