@@ -8,8 +8,9 @@
 //! and memory monitor (`GET /v1/admin/resources`) and the index (`GET /v1/indexes/x`: documents,
 //! segments). The samples go to `target/soak/soak.csv` and a summary to `target/soak/soak.json`.
 //!
-//! The load is steady and the id space bounded, so after a warm-up (the first 20 % of the run:
-//! caches filled, the index at its full size, the allocator's pools grown) nothing should keep
+//! The load is steady and the id space bounded: the index is loaded to its full size and the
+//! result cache filled (20,000 distinct queries) before the run, so after a warm-up (the first
+//! 20 % of the run: the allocator's pools and the writer's arena grown) nothing should keep
 //! growing. The run fails (exit 1) when, between the warm-up and the end, anonymous memory
 //! grows by more than max(15 %, 64 MiB) or descriptors by more than 16. Both figures are
 //! compared as medians over a window (the warm-up window and the last 10 % of the run) so one
@@ -39,6 +40,8 @@ const QUERIES: &str = "benches/data/queries-web-50k.txt";
 /// Documents are upserted over this many ids, all loaded before the run: the index starts at
 /// its steady size.
 const ID_SPACE: u64 = 20_000;
+/// Distinct queries run before the load to fill the result cache.
+const CACHE_FILL_QUERIES: usize = 20_000;
 /// Fraction of the run treated as warm-up.
 const WARMUP: f64 = 0.20;
 const MAX_ANON_GROWTH_RATIO: f64 = 0.15;
@@ -463,7 +466,8 @@ fn start_load(
     handles
 }
 
-/// Loads every id of the id space once, in bodies of about 4 MiB, and commits.
+/// Loads every id of the id space once, in bodies of about 4 MiB, and commits; then fills the
+/// result cache.
 fn preload(addr: SocketAddr, queries: &[String]) -> Result<()> {
     let started = Instant::now();
     let words: Vec<&str> = queries.iter().flat_map(|l| l.split_whitespace()).collect();
@@ -492,6 +496,30 @@ fn preload(addr: SocketAddr, queries: &[String]) -> Result<()> {
     println!(
         "soak: preloaded {ID_SPACE} documents in {}",
         fmt_duration(started.elapsed())
+    );
+    // Fill the result cache (64 MiB of answers, ~150 MiB of heap): at the soak's search rate
+    // it would otherwise take ~5 minutes to fill, and its growth would read as a leak.
+    let started = Instant::now();
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    thread::scope(|s| {
+        for t in 0..4 {
+            let (ok, failed) = (&ok, &failed);
+            s.spawn(move || {
+                for q in queries.iter().take(CACHE_FILL_QUERIES).skip(t).step_by(4) {
+                    let path = format!("/v1/indexes/{INDEX}/search?q={}&limit=10", encode(q));
+                    match http(addr, "GET", &path, "text/plain", b"") {
+                        Ok((s, _)) if fine(s) || s == 400 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+    });
+    println!(
+        "soak: {} searches to fill the result cache in {} ({} failed)",
+        ok.load(Ordering::Relaxed),
+        fmt_duration(started.elapsed()),
+        failed.load(Ordering::Relaxed)
     );
     Ok(())
 }
