@@ -88,7 +88,10 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
     let target_dir = fuzz.join("target");
 
     let mut build = fuzz_cmd();
-    build.args(["build", "-O", "--debug-assertions", "--sanitizer", "none"]);
+    // No `--debug-assertions`: it applies to every crate, and one of Tantivy's internal
+    // assertions fires on queries its release build handles (an exclusion of a phrase that
+    // matches nothing). We fuzz what ships; our crates' tests keep their assertions.
+    build.args(["build", "-O", "--sanitizer", "none"]);
     // Parallel codegen: builds in minutes on two cores, at a small cost in executions.
     build.args(["--codegen-units", "16", "--target", &triple, "--target-dir"]);
     build.arg(&target_dir);
