@@ -20,7 +20,7 @@ pub const PANICS_CAUGHT_TOTAL: &str = "ironsift_panics_caught_total";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("panicked: {message}")]
 pub struct Panicked {
-    /// The panic message, or a placeholder for non-string payloads.
+    /// The panic message; `<non-string panic payload>` when the payload was not a string.
     pub message: String,
 }
 
