@@ -190,6 +190,10 @@ fn acknowledged_writes_survive_sigkill() {
     eprintln!("crash test: {rounds} rounds, IRONSIFT_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let data = tempfile::tempdir().unwrap();
+    // Keep the data after a failure for inspection: IRONSIFT_CRASH_KEEP=DIR copies nothing,
+    // it makes DIR the data directory and leaves it in place.
+    let keep = std::env::var_os("IRONSIFT_CRASH_KEEP").map(std::path::PathBuf::from);
+    let data_dir = keep.clone().unwrap_or_else(|| data.path().join("d"));
     let model: Model = Arc::new(Mutex::new(HashMap::new()));
     let version = Arc::new(AtomicU64::new(1));
     let acked = Arc::new(AtomicU64::new(0));
@@ -198,7 +202,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut server: Option<ServerProcess> = None;
     for round in 0..rounds {
         let refresh = ["20ms", "50ms", "200ms", "1s"][rng.below(4)];
-        let args = [
+        let mut args = vec![
             "--refresh-interval",
             refresh,
             "--heap-mb",
@@ -206,10 +210,13 @@ fn acknowledged_writes_survive_sigkill() {
             "--drain-delay",
             "0s",
         ];
+        if keep.is_some() {
+            args.extend(["--log-level", "info,search_core=debug,tantivy=debug"]);
+        }
         let srv = match server.as_mut() {
             None => {
                 let s = ServerProcess::builder(BIN)
-                    .data_dir(data.path().join("d"))
+                    .data_dir(data_dir.clone())
                     .args(args)
                     .start()
                     .unwrap_or_else(|e| panic!("server did not start: {e}"));
@@ -242,6 +249,10 @@ fn acknowledged_writes_survive_sigkill() {
         std::thread::sleep(Duration::from_millis(30 + rng.below(700) as u64));
         srv.signal(Signal::Kill).unwrap();
         srv.wait_exit(TIMEOUT).expect("SIGKILL ends the process");
+        if let Some(dir) = &keep {
+            let log = dir.with_extension(format!("round-{round}.log"));
+            let _ = std::fs::write(log, srv.stderr_text());
+        }
         stop.store(true, Ordering::Relaxed);
         for t in threads {
             t.join().expect("client thread");

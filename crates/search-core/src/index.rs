@@ -365,6 +365,7 @@ impl SearchIndex {
             tracing::warn!(index = %self.name, error = %e, "could not delete files left by an unfinished commit");
         }
         let committed = self.committed_wal_seq()?;
+        tracing::debug!(index = %self.name, opstamp = writer.commit_opstamp(), wal_seq = committed, "writer opened");
         let started = std::time::Instant::now();
         let (wal, stats) = Wal::open(&self.dir.join(WAL_DIR), committed, |seq, record| {
             match record {
@@ -391,6 +392,7 @@ impl SearchIndex {
                     writer.delete_term(self.id_term(&id));
                 }
             }
+            tracing::trace!(index = %self.name, seq, opstamp_after = writer.commit_opstamp(), "replayed");
             if seq % 10_000 == 0 {
                 tracing::info!(index = %self.name, record = seq, "replaying the write-ahead log");
             }
@@ -596,7 +598,7 @@ impl SearchIndex {
             Some(n) => self.index.writer_with_num_threads(n, heap),
             None => self.index.writer(heap),
         };
-        opened.map_err(|e| match e {
+        let writer = opened.map_err(|e| match e {
             TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
                 CoreError::WriterLocked {
                     name: self.name.clone(),
@@ -604,7 +606,9 @@ impl SearchIndex {
                 }
             }
             other => CoreError::tantivy(&self.name, "open writer", other),
-        })
+        })?;
+        burn_reused_opstamp(&writer, self.layout.id());
+        Ok(writer)
     }
 
     /// Makes every write so far durable in the index and visible to searches.
@@ -626,6 +630,7 @@ impl SearchIndex {
             ow.failed = true;
             CoreError::tantivy(&self.name, "commit", e)
         })?;
+        tracing::debug!(index = %self.name, opstamp, wal_seq = ?covered, "committed");
         let keep_from = self.wal_floor.load(Ordering::SeqCst);
         if let (Some(wal), Some(seq)) = (&ow.wal, covered)
             && let Err(e) = wal.truncate_through(seq.min(keep_from))
@@ -967,6 +972,26 @@ fn dead_writer_cause(writer: &mut IndexWriter, e: TantivyError) -> TantivyError 
     }
 }
 
+/// Works around a Tantivy 0.27 bug that loses deletes after a restart.
+///
+/// A new `IndexWriter` hands out, as its first opstamp, the opstamp of the last commit (the
+/// stamper restarts at the committed value, not one past it). Segments that took deletes in
+/// that commit are marked "deletes applied up to opstamp P", and `advance_deletes` skips a
+/// segment whose delete opstamp equals its target as already up to date. So when a merge of
+/// committed segments starts (target: the last commit's opstamp P) after the first delete of
+/// the new writer (opstamp P, too), that segment skips the delete while the merge's other
+/// segments step over it, and the merged segment inherits a cursor already past it: the
+/// deleted (or upserted-over) document comes back, for good. Found by the crash test (an
+/// upsert replayed from the log right after a restart left two versions of a document);
+/// `tests::first_delete_after_reopen_survives_a_merge` reproduces it deterministically.
+///
+/// The fix: spend opstamp P on a delete that matches nothing (no document has an empty id:
+/// [`extract_id`] refuses one, and files chunks carry no id term at all), so every real
+/// operation gets an opstamp above every segment's delete opstamp.
+fn burn_reused_opstamp(writer: &IndexWriter, id_field: tantivy::schema::Field) {
+    writer.delete_term(Term::from_field_text(id_field, ""));
+}
+
 /// Commits, recording in Tantivy's commit payload the last log record the commit covers.
 fn commit_with_payload(writer: &mut IndexWriter, wal_seq: Option<u64>) -> tantivy::Result<u64> {
     let mut prepared = writer.prepare_commit()?;
@@ -1074,4 +1099,81 @@ fn dir_size(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tantivy::indexer::NoMergePolicy;
+
+    use super::IndexConfig;
+    use crate::{Catalog, IndexKind};
+
+    /// The Tantivy bug [`super::burn_reused_opstamp`] works around, step by step: a segment
+    /// takes deletes in the last commit (its delete opstamp is that commit's opstamp P), the
+    /// process stops, a new writer deletes a document of that segment as its first operation
+    /// (opstamp P without the workaround), then a merge of the committed segments runs with
+    /// another segment first, then a commit. The document must stay deleted.
+    #[test]
+    fn first_delete_after_reopen_survives_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        // One indexing thread, so `x` and `w` share a segment.
+        let config = IndexConfig {
+            writer_heap_bytes: 20 << 20,
+            writer_threads: Some(1),
+            ..IndexConfig::default()
+        };
+        let catalog = Catalog::with_config(dir.path(), config).unwrap();
+        {
+            let index = catalog.open_or_create("d", IndexKind::Documents).unwrap();
+            index
+                .with_writer(|w| {
+                    w.set_merge_policy(Box::new(NoMergePolicy));
+                    Ok(())
+                })
+                .unwrap();
+            index.upsert(json!({"id": "other"})).unwrap();
+            index.commit().unwrap();
+            index.upsert(json!({"id": "x", "v": 1})).unwrap();
+            index.upsert(json!({"id": "w"})).unwrap();
+            index.commit().unwrap();
+            index.delete("w").unwrap();
+            index.commit_and_close().unwrap();
+        }
+        let index = catalog.open_index("d").unwrap();
+        index.recover().unwrap();
+        index
+            .with_writer(|w| {
+                w.set_merge_policy(Box::new(NoMergePolicy));
+                Ok(())
+            })
+            .unwrap();
+        index.upsert(json!({"id": "x", "v": 2})).unwrap();
+        // Merge every committed segment, the one without deletes first: its delete cursor
+        // steps over the new delete and the merged segment inherits that cursor.
+        let metas = index.index.searchable_segment_metas().unwrap();
+        let mut ids: Vec<_> = metas
+            .iter()
+            .map(|m| (m.delete_opstamp().is_some(), m.id()))
+            .collect();
+        ids.sort();
+        let ids: Vec<_> = ids.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids.len(), 2, "{metas:?}");
+        index
+            .with_writer(|w| {
+                w.merge(&ids)
+                    .wait()
+                    .map_err(|e| crate::CoreError::tantivy("d", "merge", e))
+            })
+            .unwrap();
+        index.commit().unwrap();
+        let searcher = index.reader.searcher();
+        let x = tantivy::query::TermQuery::new(
+            index.id_term("x"),
+            tantivy::schema::IndexRecordOption::Basic,
+        );
+        let copies = searcher.search(&x, &tantivy::collector::Count).unwrap();
+        assert_eq!(copies, 1, "the upsert's delete was lost: both versions of x are live");
+        assert_eq!(index.get("x").unwrap().unwrap()["v"], 2);
+    }
 }
