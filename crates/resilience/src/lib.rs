@@ -20,6 +20,9 @@
 //! - [`mod@panic`]: panics in closures and futures become [`Panicked`] errors.
 //! - [`cache`]: byte-bounded LRU for serving the last good answer when degraded.
 //! - [`clock`]: injectable time ([`ManualClock`], [`TokioClock`]) for deterministic tests.
+//! - [`chaos`]: chaos drills — [`ChaosLayer`] injects latency (fixed or a range), errors and
+//!   panics into a share of calls, from a seeded generator, behind a [`Chaos`] handle that can
+//!   be changed at run time; off unless configured.
 //!
 //! Metric handles are resolved when a component is built: install the metrics recorder first.
 //!
@@ -63,6 +66,7 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod cache;
+pub mod chaos;
 pub mod clock;
 mod error;
 pub mod layer;
@@ -77,6 +81,9 @@ pub use breaker::{
 };
 pub use bulkhead::{Bulkhead, BulkheadPermit, BulkheadSnapshot, RejectReason, Rejected};
 pub use cache::{CacheStats, ResultCache, Weighted};
+pub use chaos::{
+    Chaos, ChaosConfig, ChaosLayer, ChaosService, ChaosStats, Fault, Injected, Injection,
+};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{ConfigError, ResilienceError};
 pub use layer::{
@@ -144,6 +151,10 @@ pub fn describe_metrics() {
     describe_counter!(
         panic::PANICS_CAUGHT_TOTAL,
         "Panics caught and turned into errors."
+    );
+    describe_counter!(
+        chaos::CHAOS_INJECTED_TOTAL,
+        "Faults injected by chaos drills, by chaos handle and kind (delay, error, panic)."
     );
     describe_counter!("ironsift_cache_hits_total", "Result cache hits, by cache.");
     describe_counter!(
