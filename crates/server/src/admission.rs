@@ -1,6 +1,7 @@
 //! Admission control for the HTTP service, built from `resilience`: per-client rate limits,
 //! separate bulkheads for searching and indexing, a breaker per index, and the result cache
-//! that answers (flagged `degraded`) when the breaker is open or the service is overloaded.
+//! that answers (flagged `degraded`) when the breaker is open or the service is overloaded;
+//! and the chaos drill's fault injection ([`resilience::ChaosLayer`] around each search's work).
 //!
 //! Health, readiness, metrics and the OpenAPI document bypass all of it.
 
@@ -53,7 +54,9 @@ pub struct AdmissionConfig {
     pub breaker_open: std::time::Duration,
 }
 
-/// Faults injected into search execution, inside the breaker's scope, for chaos drills.
+/// Faults injected into search execution, inside the breaker's scope, for chaos drills: the
+/// settings of `PUT /v1/admin/chaos` and the `--chaos-*` flags. They drive a
+/// [`resilience::ChaosLayer`] around each search's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChaosConfig {
@@ -88,70 +91,75 @@ impl ChaosConfig {
         }
         Ok(())
     }
+
+    /// The same faults as settings of the generic layer: the latency applies to every search.
+    fn to_layer(self) -> resilience::ChaosConfig {
+        let latency = std::time::Duration::from_millis(self.search_latency_ms);
+        resilience::ChaosConfig::default()
+            .with_error_rate(self.search_error_rate)
+            .with_panic_rate(self.search_panic_rate)
+            .with_latency(latency, if latency.is_zero() { 0.0 } else { 1.0 })
+    }
+
+    fn from_layer(c: resilience::ChaosConfig) -> ChaosConfig {
+        ChaosConfig {
+            search_error_rate: c.error_rate,
+            search_latency_ms: if c.latency_rate > 0.0 {
+                u64::try_from(c.latency_min.as_millis()).unwrap_or(u64::MAX)
+            } else {
+                0
+            },
+            search_panic_rate: c.panic_rate,
+        }
+    }
 }
 
-/// The live chaos settings (changed at run time by the admin endpoint).
-#[derive(Debug, Default)]
+/// The live chaos settings of searches (changed at run time by the admin endpoint): a
+/// [`resilience::Chaos`] handle, whose [`resilience::ChaosLayer`] wraps the search work in
+/// `routes::run_search` (inside the breaker's scope and the bulkhead slot, so injected errors
+/// open the breaker and injected latency holds a slot, as a slow search would).
+#[derive(Debug)]
 pub(crate) struct Chaos {
-    /// Error rate in millionths.
-    error_ppm: std::sync::atomic::AtomicU32,
-    latency_ms: std::sync::atomic::AtomicU64,
-    panic_ppm: std::sync::atomic::AtomicU32,
-    draws: std::sync::atomic::AtomicU64,
+    handle: resilience::Chaos,
 }
 
 impl Chaos {
-    pub(crate) fn set(&self, c: ChaosConfig) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.error_ppm
-            .store((c.search_error_rate * 1e6).round() as u32, Relaxed);
-        self.latency_ms.store(c.search_latency_ms, Relaxed);
-        self.panic_ppm
-            .store((c.search_panic_rate * 1e6).round() as u32, Relaxed);
+    fn new(c: ChaosConfig) -> Result<Chaos, String> {
+        let chaos = Chaos {
+            handle: resilience::Chaos::new("search"),
+        };
+        chaos.set(c)?;
+        Ok(chaos)
+    }
+
+    /// Replaces the settings (checked first).
+    pub(crate) fn set(&self, c: ChaosConfig) -> Result<(), String> {
+        c.validate()?;
+        self.handle.set(c.to_layer()).map_err(|e| e.to_string())?;
         if c != ChaosConfig::default() {
             tracing::warn!(?c, "chaos: injecting faults into searches");
         }
+        Ok(())
     }
 
     pub(crate) fn get(&self) -> ChaosConfig {
-        use std::sync::atomic::Ordering::Relaxed;
-        ChaosConfig {
-            search_error_rate: f64::from(self.error_ppm.load(Relaxed)) / 1e6,
-            search_latency_ms: self.latency_ms.load(Relaxed),
-            search_panic_rate: f64::from(self.panic_ppm.load(Relaxed)) / 1e6,
-        }
+        ChaosConfig::from_layer(self.handle.config())
     }
 
-    /// Applies the configured faults to one search (on the search thread): sleeps the
-    /// latency, then fails at the configured rate.
-    pub(crate) fn inject(&self) -> Result<(), ApiError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let latency = self.latency_ms.load(Relaxed);
-        if latency > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(latency));
-        }
-        let draw = || {
-            // A Weyl sequence through a mixer: uniform enough, no lock, no dependency.
-            let n = self.draws.fetch_add(1, Relaxed);
-            let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            x ^= x >> 31;
-            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x ^= x >> 29;
-            x % 1_000_000
-        };
-        let ppm = self.panic_ppm.load(Relaxed);
-        if ppm > 0 && draw() < u64::from(ppm) {
-            panic!("injected panic (chaos drill)");
-        }
-        let ppm = self.error_ppm.load(Relaxed);
-        if ppm > 0 && draw() < u64::from(ppm) {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "injected fault (chaos drill): the search failed",
-            )
-            .retry_after(1));
-        }
-        Ok(())
+    /// The layer injecting the configured faults into a search.
+    pub(crate) fn layer(&self) -> resilience::ChaosLayer {
+        resilience::ChaosLayer::new(self.handle.clone())
+    }
+}
+
+/// A search failed by the chaos layer: 503 with `Retry-After`, like a transient fault.
+impl From<resilience::Injected> for ApiError {
+    fn from(_: resilience::Injected) -> Self {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "injected fault (chaos drill): the search failed",
+        )
+        .retry_after(1)
     }
 }
 
@@ -226,7 +234,6 @@ impl Admission {
         } else {
             None
         };
-        cfg.chaos.validate()?;
         let breaker_config = BreakerConfig {
             window: resilience::SlidingWindow::Count(cfg.breaker_window.max(1)),
             failure_rate_threshold: Some(cfg.breaker_failure_rate),
@@ -240,8 +247,7 @@ impl Admission {
             ..BreakerConfig::default()
         };
         breaker_config.validate().map_err(|err| e("breaker", err))?;
-        let chaos = Chaos::default();
-        chaos.set(cfg.chaos);
+        let chaos = Chaos::new(cfg.chaos)?;
         Ok(Admission {
             search,
             index,
@@ -328,5 +334,31 @@ pub(crate) async fn rate_limit(
             .retry_after(secs)
             .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaos_settings_read_back_as_set_and_bad_ones_change_nothing() {
+        let chaos = Chaos::new(ChaosConfig::default()).unwrap();
+        assert_eq!(chaos.get(), ChaosConfig::default());
+        let c = ChaosConfig {
+            search_error_rate: 0.3,
+            search_latency_ms: 120,
+            search_panic_rate: 0.01,
+        };
+        chaos.set(c).unwrap();
+        assert_eq!(chaos.get(), c);
+        let bad = ChaosConfig {
+            search_error_rate: 1.5,
+            ..c
+        };
+        assert!(chaos.set(bad).unwrap_err().contains("search_error_rate"));
+        assert_eq!(chaos.get(), c);
+        chaos.set(ChaosConfig::default()).unwrap();
+        assert_eq!(chaos.get(), ChaosConfig::default());
     }
 }

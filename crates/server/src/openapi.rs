@@ -122,7 +122,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
     (
         "put",
         "/v1/admin/chaos",
-        "Set injected faults: {search_error_rate: 0..1, search_latency_ms}. All zero turns them off.",
+        "Set injected faults: {search_error_rate: 0..1, search_latency_ms, search_panic_rate: 0..1}. All zero turns them off.",
         200,
     ),
     (

@@ -14,6 +14,7 @@ use search_core::{IndexKind, SchemaSpec, SearchRequest};
 use search_error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tower::ServiceExt;
 
 use crate::admission::CachedAnswer;
 use crate::context;
@@ -615,28 +616,31 @@ async fn run_search(
     req.deadline = Some(started + timeout);
     req.timeout_ms = None;
     req.allow_partial = !opts.complete.unwrap_or(false);
-    let chaos_state = state.clone();
     let tracked = state.0.registry.track("search", name.clone(), 0);
-    let result = state
-        .0
-        .search_pool
-        .run(move || {
-            let _tracked = tracked;
-            chaos_state.0.admission.chaos.inject()?;
-            let resp = entry.index.search(&req).inspect_err(|e| {
-                if search_error::Classify::code(e) == ErrorCode::DataCorruption {
-                    suspect.suspect(&suspect_name);
-                }
-            })?;
-            let hits = sonic_rs::to_vec(&resp.hits).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!("response encoding failed: {e}"),
-                )
-            })?;
-            Ok((hits, resp.total, resp.timed_out))
-        })
-        .await;
+    let job = SearchJob(Box::new(move || {
+        let _tracked = tracked;
+        let resp = entry.index.search(&req).inspect_err(|e| {
+            if search_error::Classify::code(e) == ErrorCode::DataCorruption {
+                suspect.suspect(&suspect_name);
+            }
+        })?;
+        let hits = sonic_rs::to_vec(&resp.hits).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("response encoding failed: {e}"),
+            )
+        })?;
+        Ok((hits, resp.total, resp.timed_out))
+    }));
+    let result = search_work(&state).oneshot(job).await.map_err(|e| match e {
+        resilience::ResilienceError::Inner(e) => e,
+        resilience::ResilienceError::Panicked(_) => panicked(),
+        // Not made by these layers; classified all the same.
+        other => ApiError::new(
+            search_error::Classify::code(&other),
+            "the search was refused",
+        ),
+    });
     drop(slot);
     let deadline_hit = match &result {
         Ok((_, _, timed_out)) => *timed_out,
@@ -666,6 +670,60 @@ async fn run_search(
         cache.insert(key, ans.clone());
     }
     Ok(search_answer(&ans, started, timed_out, degraded))
+}
+
+/// One search's work, run on the search pool. (A struct rather than an alias of the boxed
+/// closure: the compiler cannot prove the handler's future `Send` through a trait object's
+/// lifetime inside the layers' futures.)
+struct SearchJob(Box<dyn FnOnce() -> Result<Searched, ApiError> + Send>);
+
+/// A search's answer, off the pool: the serialized hits, total and `timed_out`.
+type Searched = (Vec<u8>, Option<u64>, bool);
+
+/// The search work as a tower service: the chaos layer (faults of a chaos drill, off unless
+/// configured) around the search pool, inside a panic boundary for the panics it injects.
+/// Panics of the search itself are caught by the pool.
+fn search_work(state: &AppState) -> SearchWork {
+    tower::ServiceBuilder::new()
+        .layer(resilience::CatchPanicLayer::new())
+        .layer(state.0.admission.chaos.layer())
+        .service(OnSearchPool(state.clone()))
+}
+
+/// The service [`search_work`] builds (one per search: a few reference-count increments).
+type SearchWork = resilience::layer::CatchPanicService<resilience::ChaosService<OnSearchPool>>;
+
+/// Runs a [`SearchJob`] on the search pool.
+#[derive(Clone)]
+struct OnSearchPool(AppState);
+
+impl tower::Service<SearchJob> for OnSearchPool {
+    type Response = Searched;
+    type Error = ApiError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, ApiError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ApiError>> {
+        // A full pool is an immediate `Overloaded` answer from `call`, never back-pressure.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, job: SearchJob) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { state.0.search_pool.run(job.0).await })
+    }
+}
+
+/// What a panic during a search answers (the same as the search pool's).
+fn panicked() -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        "internal error: the operation panicked; the index is unaffected",
+    )
 }
 
 async fn search_get(
@@ -820,9 +878,12 @@ async fn put_chaos(
     body: Result<Json<crate::admission::ChaosConfig>, JsonRejection>,
 ) -> ApiResult {
     let Json(cfg) = body?;
-    cfg.validate()
+    state
+        .0
+        .admission
+        .chaos
+        .set(cfg)
         .map_err(|e| ApiError::new(ErrorCode::InvalidInput, e))?;
-    state.0.admission.chaos.set(cfg);
     Ok(json(StatusCode::OK, &cfg))
 }
 
