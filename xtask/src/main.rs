@@ -28,7 +28,8 @@ const HELP: &str = "\
 cargo xtask <command> [options]
 
 Commands:
-  verify                    fmt --check, clippy -D warnings, tests, docs with -D warnings, and
+  verify                    fmt --check, clippy -D warnings, tests, fail-point tests
+                            (search-core --features failpoints), docs with -D warnings, and
                             with CI=true or IRONSIFT_FUZZ_SECS=N a short fuzz run (N s per
                             target, default 10); stops at the first failure
   bench [--quick] [--data DIR] [--check] [-- CRITERION_ARGS...]

@@ -42,6 +42,20 @@ fn steps() -> Vec<Step> {
             name: "test",
             cmd: cargo(["test", "--workspace", "--no-fail-fast"]),
         },
+        // Fail-point tests need the `failpoints` feature (off in the plain build, so `test`
+        // skips them) and run in their own binary (fail-point state is process-global).
+        Step {
+            name: "failpoints",
+            cmd: cargo([
+                "test",
+                "--package",
+                "search-core",
+                "--features",
+                "failpoints",
+                "--test",
+                "failpoints",
+            ]),
+        },
         Step {
             name: "doc",
             cmd: doc,
@@ -118,7 +132,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Outcome::Failed(d, msg) => format!("FAILED   {:>9}  {msg}", fmt_duration(*d)),
             Outcome::Skipped => "skipped".to_string(),
         };
-        println!("  {:<7} {line}", step.name);
+        println!("  {:<10} {line}", step.name);
     }
     let verdict = if failed { "FAILED" } else { "passed" };
     println!("verify {verdict} in {}", fmt_duration(started.elapsed()));

@@ -177,7 +177,8 @@ impl SearchIndex {
         let meta = IndexMeta::read(dir)?;
         let (expected, layout) = build_schema(meta.kind, meta.schema.as_ref())?;
         let tdir = dir.join(TANTIVY_DIR);
-        let index = Index::open_in_dir(&tdir).map_err(|e| CoreError::tantivy(name, "open", e))?;
+        let index =
+            crate::faults::open_index(&tdir).map_err(|e| CoreError::tantivy(name, "open", e))?;
         if index.schema() != expected {
             return Err(CoreError::BadMetadata {
                 path: dir.join(crate::catalog::META_FILE),
@@ -994,10 +995,12 @@ fn burn_reused_opstamp(writer: &IndexWriter, id_field: tantivy::schema::Field) {
 
 /// Commits, recording in Tantivy's commit payload the last log record the commit covers.
 fn commit_with_payload(writer: &mut IndexWriter, wal_seq: Option<u64>) -> tantivy::Result<u64> {
+    crate::faults::io_point(crate::faults::COMMIT_BEFORE)?;
     let mut prepared = writer.prepare_commit()?;
     if let Some(seq) = wal_seq {
         prepared.set_payload(&format!("{{\"wal_seq\":{seq}}}"));
     }
+    crate::faults::io_point(crate::faults::COMMIT_PREPARED)?;
     prepared.commit()
 }
 

@@ -5,6 +5,7 @@
 //! ([`SearchIndex::index_dir`]) and JSON documents ([`SearchIndex::upsert`],
 //! [`SearchIndex::ingest_ndjson`]), and search with limits and highlighted snippets
 //! ([`SearchIndex::search`]). Durability (WAL), deadlines and corruption repair build on it.
+//! Fault injection for tests (fail points, with the `failpoints` feature): [`faults`].
 //!
 //! **Invariant:** this crate is synchronous and never spawns async tasks; callers that serve
 //! many requests run it on a blocking pool.
@@ -26,6 +27,7 @@ mod catalog;
 mod deadline;
 mod document;
 mod error;
+pub mod faults;
 mod files;
 mod index;
 mod integrity;

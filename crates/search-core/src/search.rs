@@ -287,6 +287,7 @@ impl SearchIndex {
                 .and_offset(req.offset)
                 .order_by_score()
         };
+        crate::faults::internal_point(crate::faults::SEARCH_EXECUTE).map_err(err)?;
         let (top, total) = match (req.limit > 0, req.count) {
             (true, false) => (
                 deadline::search(searcher, query, &top_k(), deadline).map_err(err)?,

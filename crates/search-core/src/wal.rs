@@ -44,6 +44,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
+use crate::faults;
 use crate::index::lock;
 
 /// Name of the log folder inside an index folder.
@@ -478,7 +479,9 @@ impl Wal {
         for (i, op) in ops.iter().enumerate() {
             encode_into(&mut buf, first + i as u64, op);
         }
-        if let Err(e) = fail_point("wal-append").and_then(|()| st.file.write_all_at(&buf, st.len)) {
+        if let Err(e) =
+            faults::io_point(faults::WAL_APPEND).and_then(|()| st.file.write_all_at(&buf, st.len))
+        {
             let at = st.len;
             if st.file.set_len(at).is_err() {
                 st.dirty_tail = Some(at);
@@ -570,7 +573,7 @@ impl Wal {
         let target_len = st.len;
         let file = st.file.clone();
         drop(st);
-        let result = fail_point("wal-fsync").and_then(|()| file.sync_data());
+        let result = faults::io_point(faults::WAL_FSYNC).and_then(|()| file.sync_data());
         let mut st = lock(&self.state);
         st.syncing = false;
         match result {
@@ -733,26 +736,6 @@ fn has_valid_record_after(bytes: &[u8], expected: u64) -> bool {
         decode_at(&bytes[at..])
             .is_some_and(|(seq, payload, _)| seq >= expected && decode_payload(payload).is_some())
     })
-}
-
-/// Fault injection (only with the `failpoints` feature): fail points `wal-append` and
-/// `wal-fsync` configured through the `fail` crate (`fail::cfg`, or the `FAILPOINTS`
-/// environment variable read by the binary at start) return an I/O error whose errno is the
-/// action's payload (default EIO), e.g. `FAILPOINTS=wal-fsync=return(28)` for ENOSPC.
-#[cfg(feature = "failpoints")]
-fn fail_point(name: &str) -> io::Result<()> {
-    fail::fail_point!(name, |msg: Option<String>| {
-        Err(io::Error::from_raw_os_error(
-            msg.and_then(|m| m.parse().ok()).unwrap_or(5), // EIO
-        ))
-    });
-    Ok(())
-}
-
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-fn fail_point(_name: &str) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]
