@@ -6,8 +6,8 @@
 //! file. Entries are spread over 8 shards by key hash, each an `Mutex`-guarded map plus a
 //! `BTreeMap` recency index (O(log n) per operation), each with `max_bytes / 8` of the budget;
 //! an entry heavier than a shard's budget is not cached. The weight of an entry is given by
-//! a weigher function (by default [`Weighted::weight`] of the value plus the inline size of
-//! key and value and a fixed per-entry overhead). Values are cloned out: store `Arc`s.
+//! a weigher function (by default [`Weighted::weight`] of key and value plus their inline
+//! sizes, the key counted twice as it is held twice, and a fixed per-entry overhead). Values are cloned out: store `Arc`s.
 //! Hits and misses are counted (`ironsift_cache_hits_total`, `ironsift_cache_misses_total`,
 //! labelled `cache`).
 
@@ -50,6 +50,17 @@ impl Weighted for Arc<[u8]> {
         self.len() + 16
     }
 }
+
+macro_rules! weightless {
+    ($($t:ty),*) => {$(
+        impl Weighted for $t {
+            fn weight(&self) -> usize {
+                0
+            }
+        }
+    )*};
+}
+weightless!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char);
 
 impl<T: Weighted> Weighted for Arc<T> {
     fn weight(&self) -> usize {
@@ -152,13 +163,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<K, V> ResultCache<K, V>
 where
-    K: Hash + Eq + Clone,
+    K: Hash + Eq + Clone + Weighted,
     V: Clone + Weighted,
 {
-    /// A cache of at most `max_bytes` (≥ 1 KiB) weighing entries by [`Weighted`].
+    /// A cache of at most `max_bytes` (≥ 1 KiB) weighing entries by [`Weighted`]: the key
+    /// twice (the map and the recency index each hold a copy), the value, and the entry.
     pub fn new(name: impl Into<Arc<str>>, max_bytes: usize) -> Result<Self, ConfigError> {
-        Self::with_weigher(name, max_bytes, |_: &K, v: &V| {
-            v.weight() + std::mem::size_of::<K>() + std::mem::size_of::<V>()
+        Self::with_weigher(name, max_bytes, |k: &K, v: &V| {
+            2 * (k.weight() + std::mem::size_of::<K>())
+                + v.weight()
+                + std::mem::size_of::<Entry<V>>()
         })
     }
 }

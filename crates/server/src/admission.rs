@@ -193,7 +193,9 @@ pub(crate) struct CachedAnswer {
 
 impl Weighted for CachedAnswer {
     fn weight(&self) -> usize {
-        self.hits.len() + 64
+        // The buffer's capacity, not its length: that is what it holds (the caller trims it
+        // before caching), plus the `Arc`'s counts.
+        self.hits.capacity() + 16
     }
 }
 

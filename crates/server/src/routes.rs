@@ -657,7 +657,10 @@ async fn run_search(
             resilience::Outcome::from_result(&result)
         });
     }
-    let (hits, total, timed_out) = result?;
+    let (mut hits, total, timed_out) = result?;
+    // A serializer's buffer grows by doubling: up to half of it can be spare room, which a
+    // cached answer would hold for as long as it stays cached.
+    hits.shrink_to_fit();
     let ans = CachedAnswer {
         generation,
         hits: std::sync::Arc::new(hits),
