@@ -60,7 +60,9 @@ macro_rules! weightless {
         }
     )*};
 }
-weightless!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char);
+weightless!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char
+);
 
 impl<T: Weighted> Weighted for Arc<T> {
     fn weight(&self) -> usize {
