@@ -17,7 +17,8 @@
 //!   deterministically in-process, so the benchmarks build and run on a fresh machine.
 //! - `IRONSIFT_BENCH_QUICK=1`: index only `linux/Documentation` and run 2,000 queries.
 //! - `IRONSIFT_BENCH_NOTES`: file to write side facts to as JSON (corpus sizes, query counts,
-//!   top-10 agreement), for the report.
+//!   top-10 agreement, per-query latency percentiles `search.<function>_p50_us`/`_p99_us` of
+//!   `plain_tantivy_top10` and `ironsift_top10`), for the report.
 //!
 //! Outside `cargo bench` (`cargo test --benches`, `--list`) the quick subset is used: Criterion
 //! runs each function once there, as a smoke test.
@@ -784,6 +785,43 @@ fn check_agreement(setup: &SearchSetup, queries: &[String]) {
     note("search.agreement_errors", errors);
 }
 
+/// Per-query latency of both engines, every query timed alone on this thread, outside
+/// Criterion (whose figures are throughput on two threads): the baseline for the HTTP
+/// service's p50/p99. The engines alternate query by query, so a busy moment on the machine
+/// hits both alike.
+fn note_latencies(setup: &SearchSetup, queries: &[String]) {
+    if queries.is_empty() {
+        return;
+    }
+    let (mut plain, mut iron) = (Vec::new(), Vec::new());
+    for q in queries {
+        let t = Instant::now();
+        black_box(setup.plain.top10(q).is_ok());
+        plain.push(t.elapsed());
+        let t = Instant::now();
+        black_box(
+            setup
+                .iron
+                .search(&SearchRequest::new(q.as_str()).count(false))
+                .is_ok(),
+        );
+        iron.push(t.elapsed());
+    }
+    for (name, mut times) in [("plain_tantivy_top10", plain), ("ironsift_top10", iron)] {
+        times.sort_unstable();
+        // Nearest rank: the smallest time at least this share of the queries took.
+        let pct =
+            |p: f64| times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
+            let us = pct(p).as_secs_f64() * 1e6;
+            note(
+                &format!("search.{name}_{label}_us"),
+                (us * 10.0).round() / 10.0,
+            );
+        }
+    }
+}
+
 /// Runs the queries on two threads (one half each) and returns the wall time.
 fn two_threads(queries: &[String], run: &(dyn Fn(&str) + Sync)) -> Duration {
     let (a, b) = queries.split_at(queries.len() / 2);
@@ -813,6 +851,7 @@ fn search(c: &mut Criterion) {
                 black_box(s.plain.top10_count(q).is_ok());
                 black_box(s.iron.search(&SearchRequest::new(q.as_str())).is_ok());
             }
+            note_latencies(&s, &queries);
             s
         })
     };

@@ -6,16 +6,19 @@
 //! `search/plain_tantivy_top10` for the in-process baseline; start `ironsift serve` on a free
 //! port; load it with `ironsift bench-http` in closed loop, then in open loop at half the
 //! closed-loop rate; stop it with SIGTERM and check it exits 0.
+//!
+//! `cargo xtask bench` runs the same steps as its `http` part ([`part`]).
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::json::{self, Json};
+use crate::summary::{self, Target, Unit};
 use crate::{Result, bench, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
 
 const INDEX: &str = "docs";
@@ -272,6 +275,9 @@ fn run_load(bin: &Path, addr: SocketAddr, quick: bool, rate: Option<f64>) -> Res
 struct Baseline {
     median_ns: f64,
     queries: f64,
+    /// Per-query latency percentiles, one query at a time on one thread (from the notes).
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
     /// Other processes took a good share of the CPU while it ran.
     noisy: Option<String>,
 }
@@ -333,6 +339,8 @@ fn run_baseline(data: &Path, quick: bool, report_dir: &Path) -> Result<Baseline>
     Ok(Baseline {
         median_ns: m.median_ns,
         queries: m.per_iteration,
+        p50_us: num("search.plain_tantivy_top10_p50_us"),
+        p99_us: num("search.plain_tantivy_top10_p99_us"),
         noisy,
     })
 }
@@ -351,7 +359,7 @@ fn ms(us: f64) -> String {
     format!("{:.2} ms", us / 1000.0)
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     mode: &'static str,
     baseline: Result<Baseline>,
     closed: Load,
@@ -452,17 +460,21 @@ impl Outcome {
     }
 
     fn markdown(&self) -> String {
+        format!(
+            "# ironsift HTTP service vs plain Tantivy ({} run)\n\n{}",
+            self.mode,
+            self.body()
+        )
+    }
+
+    /// The report without its title (also the part's details in the combined report).
+    fn body(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "# ironsift HTTP service vs plain Tantivy ({} run)\n",
-            self.mode
-        );
         md.push_str("| check | measured | target | result |\n|---|---:|---:|---|\n");
         for c in &self.checks {
             let result = match c.pass {
                 Some(true) => "PASS",
-                Some(false) => "FAIL",
+                Some(false) => "MISS",
                 None => "MISSING",
             };
             let _ = writeln!(
@@ -498,9 +510,12 @@ impl Outcome {
             let _ = writeln!(
                 md,
                 "- plain Tantivy: Criterion median {:.1} ms for {} queries on 2 threads \
-                 (`search/plain_tantivy_top10`, same corpus, same run)",
+                 (`search/plain_tantivy_top10`, same corpus, same run); per query, one at a time \
+                 on one thread: p50 {}, p99 {}",
                 b.median_ns / 1e6,
-                b.queries
+                b.queries,
+                b.p50_us.map_or("—".into(), ms),
+                b.p99_us.map_or("—".into(), ms)
             );
             if let Some(why) = &b.noisy {
                 let _ = writeln!(
@@ -519,7 +534,7 @@ impl Outcome {
         md
     }
 
-    fn json(&self) -> String {
+    fn to_json(&self) -> Json {
         let num = |x: Option<f64>| x.map_or(Json::Null, Json::Num);
         let checks = self
             .checks
@@ -535,7 +550,7 @@ impl Outcome {
                         Json::Str(
                             match c.pass {
                                 Some(true) => "pass",
-                                Some(false) => "fail",
+                                Some(false) => "miss",
                                 None => "missing",
                             }
                             .into(),
@@ -549,6 +564,8 @@ impl Outcome {
                 ("median_ns".into(), Json::Num(b.median_ns)),
                 ("queries_per_iteration".into(), Json::Num(b.queries)),
                 ("qps".into(), Json::Num(b.qps())),
+                ("p50_us".into(), num(b.p50_us)),
+                ("p99_us".into(), num(b.p99_us)),
                 (
                     "noisy".into(),
                     b.noisy.clone().map_or(Json::Null, Json::Str),
@@ -557,7 +574,7 @@ impl Outcome {
             Err(why) => Json::Obj(vec![("error".into(), Json::Str(why.clone()))]),
         };
         let (exit_desc, code) = exit_text(&self.exit);
-        let doc = Json::Obj(vec![
+        Json::Obj(vec![
             ("mode".into(), Json::Str(self.mode.into())),
             ("all_targets_met".into(), Json::Bool(self.all_pass())),
             ("checks".into(), Json::Arr(checks)),
@@ -567,12 +584,154 @@ impl Outcome {
             ("open_loop".into(), self.open.raw.clone()),
             ("server_exit_code".into(), num(code.map(f64::from))),
             ("server_exit".into(), Json::Str(exit_desc)),
-        ]);
+        ])
+    }
+
+    fn json(&self) -> String {
         let mut out = String::new();
-        doc.write(&mut out);
+        self.to_json().write(&mut out);
         out.push('\n');
         out
     }
+
+    /// The comparisons for the combined report's summary.
+    fn summary_rows(&self) -> Vec<summary::Row> {
+        let pt = "plain Tantivy";
+        let base = self.baseline.as_ref().ok();
+        let noisy = base.and_then(|b| b.noisy.clone());
+        let mut qps = summary::Row::new(
+            format!(
+                "HTTP search QPS, closed loop ({CONNECTIONS} connections), vs plain Tantivy \
+                 in-process (2 threads)"
+            ),
+            Unit::QueriesPerSec,
+            Some(self.closed.qps),
+            base.map(Baseline::qps),
+            pt,
+            Some(Target::RatioAtLeast(MIN_QPS_RATIO)),
+        );
+        if let Err(why) = &self.baseline {
+            qps.verdict = summary::Verdict::Missing(format!("no plain Tantivy baseline: {why}"));
+        }
+        qps.noisy = noisy.clone();
+        let mut rows = vec![qps];
+        for (label, http_us, plain_us, target) in [
+            ("p50", self.open.p50_us, base.and_then(|b| b.p50_us), None),
+            (
+                "p99",
+                self.open.p99_us,
+                base.and_then(|b| b.p99_us),
+                Some(Target::Below(MAX_P99_US / 1000.0)),
+            ),
+        ] {
+            let mut row = summary::Row::new(
+                format!(
+                    "HTTP search latency {label}, open loop at {:.0}/s (half the closed-loop QPS), \
+                     vs plain Tantivy in-process, one query at a time",
+                    self.rate
+                ),
+                Unit::Millis,
+                Some(http_us / 1000.0),
+                plain_us.map(|us| us / 1000.0),
+                pt,
+                target,
+            );
+            row.noisy = noisy.clone();
+            rows.push(row);
+        }
+        rows.push(summary::Row::new(
+            "/readyz p99 during the open-loop load",
+            Unit::Millis,
+            self.open.probe_p99_us.map(|us| us / 1000.0),
+            None,
+            pt,
+            Some(Target::Below(MAX_PROBE_P99_US / 1000.0)),
+        ));
+        rows.push(summary::Row::new(
+            "HTTP client failures + timeouts (both loads)",
+            Unit::Count,
+            Some(
+                self.closed.failures
+                    + self.open.failures
+                    + self.closed.timeouts
+                    + self.open.timeouts,
+            ),
+            None,
+            pt,
+            Some(Target::Equals(0.0)),
+        ));
+        let (text, code) = exit_text(&self.exit);
+        let mut exit = summary::Row::new(
+            "server exit code after SIGTERM",
+            Unit::Count,
+            code.map(f64::from),
+            None,
+            pt,
+            Some(Target::Equals(0.0)),
+        );
+        if code.is_none() {
+            exit.verdict = summary::Verdict::Missing(text);
+        }
+        rows.push(exit);
+        rows
+    }
+}
+
+/// Indexes the corpus, measures the baseline, serves and loads: every step of the benchmark.
+/// `corpus` holds `linux-docs.jsonl`; `bin` is the release binary.
+fn measure(bin: &Path, corpus: &Path, quick: bool, report_dir: &Path) -> Result<Outcome> {
+    let mode = if quick { "quick" } else { "full" };
+    let jsonl = corpus.join("linux-docs.jsonl");
+    let data = target_dir().join("bench-http-data");
+    build_index(bin, &data, &jsonl, report_dir)?;
+
+    let baseline = run_baseline(corpus, quick, report_dir);
+    if let Err(why) = &baseline {
+        eprintln!("bench-http: no plain Tantivy baseline: {why}");
+    }
+
+    let (mut server, addr) = start_server(bin, &data)?;
+    let closed = run_load(bin, addr, quick, None)?;
+    let rate = (closed.qps / 2.0).max(1.0);
+    let open = run_load(bin, addr, quick, Some(rate))?;
+    println!("==> kill -s TERM {}", server.child.id());
+    let exit = server.terminate(Duration::from_secs(40));
+    drop(server);
+
+    let checks = checks(&baseline, &closed, &open, rate, &exit);
+    Ok(Outcome {
+        mode,
+        baseline,
+        closed,
+        open,
+        rate,
+        exit,
+        checks,
+    })
+}
+
+/// The `http` part of `cargo xtask bench` (the caller prepared the corpus and the binary and
+/// holds the run lock). A missing baseline fails the part but keeps the load figures.
+pub(crate) fn part(
+    bin: &Path,
+    corpus: &Path,
+    quick: bool,
+    report_dir: &Path,
+) -> Result<summary::Part> {
+    let outcome = measure(bin, corpus, quick, report_dir)?;
+    Ok(summary::Part {
+        name: "http",
+        title: bench::PartKind::Http.title(),
+        took: Duration::ZERO,
+        rows: outcome.summary_rows(),
+        details: outcome.body(),
+        json: outcome.to_json(),
+        failure: outcome
+            .baseline
+            .as_ref()
+            .err()
+            .map(|why| format!("no plain Tantivy baseline: {why}")),
+    })
 }
 
 /// Fresh data folder with the explicit-schema index holding `linux-docs.jsonl`.
@@ -606,52 +765,20 @@ fn build_index(bin: &Path, data: &Path, jsonl: &Path, report_dir: &Path) -> Resu
 
 pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
     let opts = bench::parse_args(args)?;
-    if opts.check || !opts.criterion_args.is_empty() {
+    if opts.check || opts.only.is_some() || !opts.criterion_args.is_empty() {
         return Err("bench-http takes only --quick and --data DIR".into());
     }
     let started = Instant::now();
-    let mode = if opts.quick { "quick" } else { "full" };
     corpus::ensure(&opts.data)?;
-    let jsonl = opts.data.join("linux-docs.jsonl");
 
-    let target = target_dir();
-    let report_dir = target.join("bench-report");
+    let report_dir = target_dir().join("bench-report");
     std::fs::create_dir_all(&report_dir)
         .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
     // Shares Criterion's folder and the machine with `cargo xtask bench`.
     let _lock = bench::RunLock::acquire(&report_dir.join(".lock"))?;
+    let bin = bench::release_binary()?;
+    let outcome = measure(&bin, &opts.data, opts.quick, &report_dir)?;
 
-    let mut build = cargo(["build", "--release", "--bin", "ironsift"]);
-    println!("==> {}", show(&build));
-    run_status(&mut build)?;
-    let bin: PathBuf = target.join("release/ironsift");
-
-    let data = target.join("bench-http-data");
-    build_index(&bin, &data, &jsonl, &report_dir)?;
-
-    let baseline = run_baseline(&opts.data, opts.quick, &report_dir);
-    if let Err(why) = &baseline {
-        eprintln!("bench-http: no plain Tantivy baseline: {why}");
-    }
-
-    let (mut server, addr) = start_server(&bin, &data)?;
-    let closed = run_load(&bin, addr, opts.quick, None)?;
-    let rate = (closed.qps / 2.0).max(1.0);
-    let open = run_load(&bin, addr, opts.quick, Some(rate))?;
-    println!("==> kill -s TERM {}", server.child.id());
-    let exit = server.terminate(Duration::from_secs(40));
-    drop(server);
-
-    let checks = checks(&baseline, &closed, &open, rate, &exit);
-    let outcome = Outcome {
-        mode,
-        baseline,
-        closed,
-        open,
-        rate,
-        exit,
-        checks,
-    };
     let md_path = report_dir.join("http.md");
     let json_path = report_dir.join("http.json");
     let md = outcome.markdown();

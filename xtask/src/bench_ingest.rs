@@ -17,6 +17,8 @@
 //!    of the same killed data folder.
 //!
 //! Loopback only; every child is killed if a step fails or outlasts its bound.
+//! `cargo xtask bench` runs the same steps as its `ingest` part ([`part`]); `--quick` makes one
+//! run of each and restarts with 25,000 documents.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -28,6 +30,7 @@ use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::json::{self, Json};
+use crate::summary::{self, Target, Unit};
 use crate::{Result, bench, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
 
 const INDEX: &str = "x";
@@ -43,16 +46,35 @@ const MAX_READY_SECS: f64 = 10.0;
 /// Bound on one HTTP request (a 4 MiB batch with an fsync is far below it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Options {
-    data: PathBuf,
-    runs: usize,
-    restart_docs: usize,
+/// How much to measure.
+pub(crate) struct Settings {
+    /// HTTP ingest runs per durability, and restarts.
+    pub(crate) runs: usize,
+    /// Un-committed documents in the log at the kill.
+    pub(crate) restart_docs: usize,
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
+impl Settings {
+    /// The full form (2 runs, 100,000 documents) or the quick one (1 run, 25,000).
+    pub(crate) fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                runs: 1,
+                restart_docs: 25_000,
+            }
+        } else {
+            Settings {
+                runs: 2,
+                restart_docs: 100_000,
+            }
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<(PathBuf, Settings)> {
     let mut rest = Vec::new();
-    let mut runs = 2;
-    let mut restart_docs = 100_000;
+    let mut runs = None;
+    let mut restart_docs = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<usize> {
@@ -64,20 +86,19 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 .ok_or_else(|| format!("{name} must be a positive integer, not {v:?}"))
         };
         match arg.as_str() {
-            "--runs" => runs = number("--runs")?,
-            "--restart-docs" => restart_docs = number("--restart-docs")?,
+            "--runs" => runs = Some(number("--runs")?),
+            "--restart-docs" => restart_docs = Some(number("--restart-docs")?),
             _ => rest.push(arg.clone()),
         }
     }
     let opts = bench::parse_args(&rest)?;
-    if opts.quick || opts.check || !opts.criterion_args.is_empty() {
-        return Err("bench-ingest takes --data DIR, --runs N and --restart-docs N".into());
+    if opts.check || opts.only.is_some() || !opts.criterion_args.is_empty() {
+        return Err("bench-ingest takes --quick, --data DIR, --runs N and --restart-docs N".into());
     }
-    Ok(Options {
-        data: opts.data,
-        runs,
-        restart_docs,
-    })
+    let mut settings = Settings::new(opts.quick);
+    settings.runs = runs.unwrap_or(settings.runs);
+    settings.restart_docs = restart_docs.unwrap_or(settings.restart_docs);
+    Ok((opts.data, settings))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -755,25 +776,22 @@ struct Row {
     value: f64,
 }
 
-pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
-    let opts = parse_args(args)?;
-    let started = Instant::now();
-    corpus::ensure(&opts.data)?;
-    let jsonl = opts.data.join("linux-docs.jsonl");
-    let target = target_dir();
-    let report_dir = target.join("bench-report");
-    std::fs::create_dir_all(&report_dir)
-        .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
-    // Shares Criterion's folder and the machine with the other benchmarks.
-    let _lock = bench::RunLock::acquire(&report_dir.join(".lock"))?;
+/// Everything one ingest benchmark measured.
+pub(crate) struct Ingest {
+    baseline: Baseline,
+    /// MB/s of each HTTP run, per durability.
+    http_mbs: Vec<(&'static str, Vec<f64>)>,
+    runs: usize,
+    restart_docs: usize,
+    restart: Result<Restart>,
+}
 
-    let mut build = cargo(["build", "--release", "--bin", "ironsift"]);
-    println!("==> {}", show(&build));
-    run_status(&mut build)?;
-    let bin = target.join("release/ironsift");
-    let work = target.join("bench-ingest");
+/// The bulk ingest runs and the restart (the caller built `bin` and holds the run lock).
+fn measure(bin: &Path, corpus: &Path, settings: &Settings, report_dir: &Path) -> Result<Ingest> {
+    let jsonl = corpus.join("linux-docs.jsonl");
+    let work = target_dir().join("bench-ingest");
 
-    let baseline = run_baseline(&opts.data, &report_dir)?;
+    let baseline = run_baseline(corpus, report_dir)?;
     println!(
         "bench-ingest: plain Tantivy in-process: {} MB/s per sample (median {:.1}, best {:.1})",
         list(&baseline.samples),
@@ -792,12 +810,12 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
         parts.len(),
         BATCH_BYTES >> 20
     );
-    let mut http_mbs: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut http_mbs: Vec<(&'static str, Vec<f64>)> = Vec::new();
     for durability in ["request", "async"] {
         let mut runs = Vec::new();
-        for run in 1..=opts.runs {
+        for run in 1..=settings.runs {
             runs.push(ingest_run(
-                &bin,
+                bin,
                 &work,
                 durability,
                 run,
@@ -810,201 +828,372 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
     }
     drop(bytes);
 
-    let restart = restart_bench(&bin, &work, opts.restart_docs, opts.runs)?;
-    let _ = std::fs::remove_dir_all(&work);
-
-    let base_median = median(&baseline.samples);
-    let base_best = max(&baseline.samples);
-    let mut rows = Vec::new();
-    for (durability, runs) in &http_mbs {
-        let ratio = median(runs) / base_median;
-        let best_ratio = max(runs) / base_best;
-        let min_ratio = if *durability == "request" {
-            MIN_RATIO_REQUEST
-        } else {
-            MIN_RATIO_ASYNC
-        };
-        rows.push(Row {
-            check: format!(
-                "bulk NDJSON ingest over HTTP, durability={durability}, vs plain Tantivy \
-                 in-process"
-            ),
-            measured: format!(
-                "median {:.1} vs {base_median:.1} MB/s → ratio {ratio:.2} (best {:.1} vs \
-                 {base_best:.1} → {best_ratio:.2}; runs {})",
-                median(runs),
-                max(runs),
-                list(runs)
-            ),
-            target: format!("ratio ≥ {min_ratio:.2}"),
-            pass: ratio >= min_ratio,
-            value: ratio,
-        });
+    // The ingest figures stand even if the restart cannot be measured.
+    let restart = restart_bench(bin, &work, settings.restart_docs, settings.runs);
+    if let Err(why) = &restart {
+        eprintln!("bench-ingest: restart: {why}");
     }
-    let recovered_s: Vec<f64> = restart
-        .recovered
-        .iter()
-        .map(Duration::as_secs_f64)
-        .collect();
-    let ready_s: Vec<f64> = restart
-        .ready
-        .iter()
-        .filter_map(|r| r.as_ref().ok().map(Duration::as_secs_f64))
-        .collect();
-    let secs = |xs: &[f64]| {
-        xs.iter()
-            .map(|s| format!("{s:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let blocked: Vec<&String> = restart
-        .ready
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .collect();
-    rows.push(Row {
-        check: format!(
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(Ingest {
+        baseline,
+        http_mbs,
+        runs: settings.runs,
+        restart_docs: settings.restart_docs,
+        restart,
+    })
+}
+
+fn secs_list(xs: &[f64]) -> String {
+    xs.iter()
+        .map(|s| format!("{s:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn min_ratio(durability: &str) -> f64 {
+    if durability == "request" {
+        MIN_RATIO_REQUEST
+    } else {
+        MIN_RATIO_ASYNC
+    }
+}
+
+impl Restart {
+    fn recovered_s(&self) -> Vec<f64> {
+        self.recovered.iter().map(Duration::as_secs_f64).collect()
+    }
+
+    fn ready_s(&self) -> Vec<f64> {
+        self.ready
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(Duration::as_secs_f64))
+            .collect()
+    }
+
+    /// Why runs stayed 503 once recovered.
+    fn blocked(&self) -> Vec<&String> {
+        self.ready.iter().filter_map(|r| r.as_ref().err()).collect()
+    }
+}
+
+impl Ingest {
+    fn restart_check(&self) -> String {
+        format!(
             "restart with {} un-committed documents in the log: start → log replayed and \
              committed",
-            restart.docs
-        ),
-        measured: format!(
-            "median {:.2} s (min {:.2} s; runs {}), log {:.0} MB",
-            median(&recovered_s),
-            min(&recovered_s),
-            secs(&recovered_s),
-            restart.wal_mb
-        ),
-        target: format!("< {MAX_READY_SECS:.0} s"),
-        pass: median(&recovered_s) < MAX_READY_SECS,
-        value: median(&recovered_s),
-    });
-    rows.push(Row {
-        check: "the same: start → /readyz 200".into(),
-        measured: if blocked.is_empty() {
-            format!(
-                "median {:.2} s (min {:.2} s; runs {})",
-                median(&ready_s),
-                min(&ready_s),
-                secs(&ready_s)
-            )
-        } else {
-            format!(
-                "{} of {} runs stayed 503 after recovery because of: {}",
-                blocked.len(),
-                restart.ready.len(),
-                blocked[0]
-            )
-        },
-        target: format!("< {MAX_READY_SECS:.0} s"),
-        pass: blocked.is_empty() && median(&ready_s) < MAX_READY_SECS,
-        value: if blocked.is_empty() {
-            median(&ready_s)
-        } else {
-            f64::NAN
-        },
-    });
+            self.restart_docs
+        )
+    }
 
-    let mut md = String::from("# Bulk ingest over HTTP vs plain Tantivy, and restart time\n\n");
-    md.push_str("| check | measured | target | result |\n|---|---|---|---|\n");
-    for r in &rows {
+    fn checks(&self) -> Vec<Row> {
+        let base_median = median(&self.baseline.samples);
+        let base_best = max(&self.baseline.samples);
+        let mut rows = Vec::new();
+        for (durability, runs) in &self.http_mbs {
+            let ratio = median(runs) / base_median;
+            let best_ratio = max(runs) / base_best;
+            let min_ratio = min_ratio(durability);
+            rows.push(Row {
+                check: format!(
+                    "bulk NDJSON ingest over HTTP, durability={durability}, vs plain Tantivy \
+                     in-process"
+                ),
+                measured: format!(
+                    "median {:.1} vs {base_median:.1} MB/s → ratio {ratio:.2} (best {:.1} vs \
+                     {base_best:.1} → {best_ratio:.2}; runs {})",
+                    median(runs),
+                    max(runs),
+                    list(runs)
+                ),
+                target: format!("ratio ≥ {min_ratio:.2}"),
+                pass: ratio >= min_ratio,
+                value: ratio,
+            });
+        }
+        let restart = match &self.restart {
+            Ok(r) => r,
+            Err(why) => {
+                rows.push(Row {
+                    check: self.restart_check(),
+                    measured: format!("not measured: {why}"),
+                    target: format!("< {MAX_READY_SECS:.0} s"),
+                    pass: false,
+                    value: f64::NAN,
+                });
+                return rows;
+            }
+        };
+        let (recovered_s, ready_s, blocked) =
+            (restart.recovered_s(), restart.ready_s(), restart.blocked());
+        rows.push(Row {
+            check: self.restart_check(),
+            measured: format!(
+                "median {:.2} s (min {:.2} s; runs {}), log {:.0} MB",
+                median(&recovered_s),
+                min(&recovered_s),
+                secs_list(&recovered_s),
+                restart.wal_mb
+            ),
+            target: format!("< {MAX_READY_SECS:.0} s"),
+            pass: median(&recovered_s) < MAX_READY_SECS,
+            value: median(&recovered_s),
+        });
+        rows.push(Row {
+            check: "the same: start → /readyz 200".into(),
+            measured: if blocked.is_empty() {
+                format!(
+                    "median {:.2} s (min {:.2} s; runs {})",
+                    median(&ready_s),
+                    min(&ready_s),
+                    secs_list(&ready_s)
+                )
+            } else {
+                format!(
+                    "{} of {} runs stayed 503 after recovery because of: {}",
+                    blocked.len(),
+                    restart.ready.len(),
+                    blocked[0]
+                )
+            },
+            target: format!("< {MAX_READY_SECS:.0} s"),
+            pass: blocked.is_empty() && median(&ready_s) < MAX_READY_SECS,
+            value: if blocked.is_empty() {
+                median(&ready_s)
+            } else {
+                f64::NAN
+            },
+        });
+        rows
+    }
+
+    /// The report without its title (also the part's details in the combined report).
+    fn body(&self) -> String {
+        let rows = self.checks();
+        let mut md = String::from("| check | measured | target | result |\n|---|---|---|---|\n");
+        for r in &rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                r.check,
+                r.measured,
+                r.target,
+                if r.pass { "PASS" } else { "MISS" }
+            );
+        }
+        let all = rows.iter().all(|r| r.pass);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
-            r.check,
-            r.measured,
-            r.target,
-            if r.pass { "PASS" } else { "FAIL" }
+            "\nOverall: **{}**.\n",
+            if all {
+                "all targets met"
+            } else {
+                "some targets missed"
+            }
         );
-    }
-    let all = rows.iter().all(|r| r.pass);
-    let _ = writeln!(
-        md,
-        "\nOverall: **{}**.\n",
-        if all {
-            "all targets met"
-        } else {
-            "some targets missed"
+        let _ = writeln!(
+            md,
+            "- plain Tantivy: Criterion `index_json/plain_tantivy` (benches/core.rs): serde_json \
+             per line, `_id` STRING|STORED, `title` and `text` TEXT|STORED, default writer \
+             threads, 256 MiB heap, one commit; samples {} MB/s",
+            list(&self.baseline.samples)
+        );
+        let _ = writeln!(
+            md,
+            "- ironsift: release `ironsift serve`, explicit schema with the same fields, {CLIENTS} \
+             clients POSTing ~{} MiB NDJSON bodies, then one commit; time from the first byte \
+             sent to the commit's answer; {} run(s) per durability",
+            BATCH_BYTES >> 20,
+            self.runs
+        );
+        if let Ok(restart) = &self.restart {
+            let _ = writeln!(
+                md,
+                "- restart: schemaless index, {} generated documents of about 1.5 KB \
+                 acknowledged with durability=request in {} and never committed \
+                 (--refresh-interval 1h), SIGKILL, then each run starts a copy of that data \
+                 folder; ready = log replayed and committed, document count checked",
+                restart.docs,
+                fmt_duration(restart.ingest)
+            );
         }
-    );
-    let _ = writeln!(
-        md,
-        "- plain Tantivy: Criterion `index_json/plain_tantivy` (benches/core.rs): serde_json per \
-         line, `_id` STRING|STORED, `title` and `text` TEXT|STORED, default writer threads, \
-         256 MiB heap, one commit; samples {} MB/s",
-        list(&baseline.samples)
-    );
-    let _ = writeln!(
-        md,
-        "- ironsift: release `ironsift serve`, explicit schema with the same fields, {CLIENTS} \
-         clients POSTing ~{} MiB NDJSON bodies, then one commit; time from the first byte sent \
-         to the commit's answer; {} run(s) per durability",
-        BATCH_BYTES >> 20,
-        opts.runs
-    );
-    let _ = writeln!(
-        md,
-        "- restart: schemaless index, {} generated documents of about 1.5 KB acknowledged with \
-         durability=request in {} and never committed (--refresh-interval 1h), SIGKILL, then \
-         each run starts a copy of that data folder; ready = log replayed and committed, \
-         document count checked",
-        restart.docs,
-        fmt_duration(restart.ingest)
-    );
-    if let Some(why) = &baseline.noisy {
-        let _ = writeln!(md, "\n**Noisy:** {why}.");
+        if let Some(why) = &self.baseline.noisy {
+            let _ = writeln!(md, "\n**Noisy:** {why}.");
+        }
+        md.push_str(
+            "\nBoth sides share the machine's cores: the HTTP figures include the server, the \
+             clients and the kernel's loopback; the plain figure is one process.\n",
+        );
+        md
     }
-    md.push_str(
-        "\nBoth sides share the machine's cores: the HTTP figures include the server, the \
-         clients and the kernel's loopback; the plain figure is one process.\n",
-    );
-    let json = Json::Obj(vec![
-        ("all_targets_met".into(), Json::Bool(all)),
-        (
-            "checks".into(),
-            Json::Arr(
-                rows.iter()
-                    .map(|r| {
-                        Json::Obj(vec![
-                            ("check".into(), Json::Str(r.check.clone())),
-                            ("measured".into(), Json::Str(r.measured.clone())),
-                            ("value".into(), Json::Num(r.value)),
-                            ("target".into(), Json::Str(r.target.clone())),
-                            ("pass".into(), Json::Bool(r.pass)),
-                        ])
-                    })
-                    .collect(),
+
+    fn markdown(&self) -> String {
+        format!(
+            "# Bulk ingest over HTTP vs plain Tantivy, and restart time\n\n{}",
+            self.body()
+        )
+    }
+
+    fn to_json(&self) -> Json {
+        let rows = self.checks();
+        let nums = |xs: &[f64]| Json::Arr(xs.iter().map(|x| Json::Num(*x)).collect());
+        let (recovered_s, ready_s) = match &self.restart {
+            Ok(r) => (r.recovered_s(), r.ready_s()),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        Json::Obj(vec![
+            (
+                "all_targets_met".into(),
+                Json::Bool(rows.iter().all(|r| r.pass)),
             ),
-        ),
-        (
-            "plain_tantivy_mb_s".into(),
-            Json::Arr(baseline.samples.iter().map(|x| Json::Num(*x)).collect()),
-        ),
-        (
-            "http_mb_s".into(),
-            Json::Obj(
-                http_mbs
-                    .iter()
-                    .map(|(d, runs)| {
-                        (
-                            d.to_string(),
-                            Json::Arr(runs.iter().map(|x| Json::Num(*x)).collect()),
-                        )
-                    })
-                    .collect(),
+            (
+                "checks".into(),
+                Json::Arr(
+                    rows.iter()
+                        .map(|r| {
+                            Json::Obj(vec![
+                                ("check".into(), Json::Str(r.check.clone())),
+                                ("measured".into(), Json::Str(r.measured.clone())),
+                                ("value".into(), Json::Num(r.value)),
+                                ("target".into(), Json::Str(r.target.clone())),
+                                ("pass".into(), Json::Bool(r.pass)),
+                            ])
+                        })
+                        .collect(),
+                ),
             ),
-        ),
-        (
-            "restart_recovered_s".into(),
-            Json::Arr(recovered_s.iter().map(|x| Json::Num(*x)).collect()),
-        ),
-        (
-            "restart_ready_s".into(),
-            Json::Arr(ready_s.iter().map(|x| Json::Num(*x)).collect()),
-        ),
-    ]);
+            ("plain_tantivy_mb_s".into(), nums(&self.baseline.samples)),
+            (
+                "http_mb_s".into(),
+                Json::Obj(
+                    self.http_mbs
+                        .iter()
+                        .map(|(d, runs)| (d.to_string(), nums(runs)))
+                        .collect(),
+                ),
+            ),
+            ("restart_docs".into(), Json::Num(self.restart_docs as f64)),
+            (
+                "restart_error".into(),
+                self.restart
+                    .as_ref()
+                    .err()
+                    .map_or(Json::Null, |e| Json::Str(e.clone())),
+            ),
+            ("restart_recovered_s".into(), nums(&recovered_s)),
+            ("restart_ready_s".into(), nums(&ready_s)),
+        ])
+    }
+
+    /// The comparisons for the combined report's summary: medians of the runs.
+    fn summary_rows(&self) -> Vec<summary::Row> {
+        let pt = "plain Tantivy";
+        let base = median(&self.baseline.samples);
+        let mut rows = Vec::new();
+        for (durability, runs) in &self.http_mbs {
+            let mut row = summary::Row::new(
+                format!(
+                    "bulk NDJSON ingest over HTTP, durability={durability} (median of {} run(s)), \
+                     vs plain Tantivy in-process indexing (`index_json/plain_tantivy`)",
+                    runs.len()
+                ),
+                Unit::MegabytesPerSec,
+                Some(median(runs)),
+                Some(base),
+                pt,
+                Some(Target::RatioAtLeast(min_ratio(durability))),
+            );
+            row.noisy = self.baseline.noisy.clone();
+            rows.push(row);
+        }
+        let target = Some(Target::Below(MAX_READY_SECS));
+        let what_recovered = format!(
+            "restart with {} un-committed documents in the log: start → log replayed and \
+             committed",
+            self.restart_docs
+        );
+        let what_ready = format!(
+            "restart with {} un-committed documents in the log: start → /readyz 200",
+            self.restart_docs
+        );
+        match &self.restart {
+            Ok(r) => {
+                let (recovered_s, ready_s, blocked) = (r.recovered_s(), r.ready_s(), r.blocked());
+                rows.push(summary::Row::new(
+                    what_recovered,
+                    Unit::Secs,
+                    Some(median(&recovered_s)),
+                    None,
+                    pt,
+                    target,
+                ));
+                let mut ready = summary::Row::new(
+                    what_ready,
+                    Unit::Secs,
+                    (!ready_s.is_empty()).then(|| median(&ready_s)),
+                    None,
+                    pt,
+                    target,
+                );
+                if let Some(why) = blocked.first() {
+                    ready.verdict = summary::Verdict::Missing(format!(
+                        "{} of {} runs stayed 503 after recovery: {why}",
+                        blocked.len(),
+                        r.ready.len()
+                    ));
+                }
+                rows.push(ready);
+            }
+            Err(why) => {
+                for what in [what_recovered, what_ready] {
+                    let mut row = summary::Row::new(what, Unit::Secs, None, None, pt, target);
+                    row.verdict = summary::Verdict::Missing(why.clone());
+                    rows.push(row);
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// The `ingest` part of `cargo xtask bench` (the caller prepared the corpus and the binary and
+/// holds the run lock). A failed restart measurement fails the part but keeps the ingest figures.
+pub(crate) fn part(
+    bin: &Path,
+    corpus: &Path,
+    settings: &Settings,
+    report_dir: &Path,
+) -> Result<summary::Part> {
+    let ingest = measure(bin, corpus, settings, report_dir)?;
+    Ok(summary::Part {
+        name: "ingest",
+        title: bench::PartKind::Ingest.title(),
+        took: Duration::ZERO,
+        rows: ingest.summary_rows(),
+        details: ingest.body(),
+        json: ingest.to_json(),
+        failure: ingest
+            .restart
+            .as_ref()
+            .err()
+            .map(|why| format!("restart: {why}")),
+    })
+}
+
+pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
+    let (data, settings) = parse_args(args)?;
+    let started = Instant::now();
+    corpus::ensure(&data)?;
+    let report_dir = target_dir().join("bench-report");
+    std::fs::create_dir_all(&report_dir)
+        .map_err(|e| format!("cannot create {}: {e}", report_dir.display()))?;
+    // Shares Criterion's folder and the machine with the other benchmarks.
+    let _lock = bench::RunLock::acquire(&report_dir.join(".lock"))?;
+    let bin = bench::release_binary()?;
+    let ingest = measure(&bin, &data, &settings, &report_dir)?;
+
+    let md = ingest.markdown();
     let mut json_text = String::new();
-    json.write(&mut json_text);
+    ingest.to_json().write(&mut json_text);
     json_text.push('\n');
     let md_path = report_dir.join("ingest.md");
     let json_path = report_dir.join("ingest.json");
@@ -1019,7 +1208,10 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode> {
         json_path.display(),
         fmt_duration(started.elapsed())
     );
-    Ok(ExitCode::SUCCESS)
+    match &ingest.restart {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(why) => Err(format!("restart: {why}")),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod bench;
 mod bench_http;
 mod bench_ingest;
+mod bench_overhead;
 mod corpus;
 mod crash;
 mod fuzz;
@@ -15,6 +16,7 @@ mod json;
 mod report;
 mod soak;
 mod stress;
+mod summary;
 mod verify;
 
 use std::ffi::OsString;
@@ -32,24 +34,43 @@ Commands:
                             (search-core --features failpoints), docs with -D warnings, and
                             with CI=true or IRONSIFT_FUZZ_SECS=N a short fuzz run (N s per
                             target, default 10); stops at the first failure
-  bench [--quick] [--data DIR] [--check] [-- CRITERION_ARGS...]
-                            fetch/prepare the Linux 6.1 corpus in DIR, run `cargo bench --bench
-                            core`, write target/bench-report/report.{md,json}
-      --quick               Documentation/ only and 2,000 queries (a few minutes)
-      --data DIR            corpus folder (default: $IRONSIFT_BENCH_DATA or target/bench-data)
+  bench [--quick] [--data DIR] [--check] [--only PARTS] [-- CRITERION_ARGS...]
+                            every benchmark against its baseline measured in the same run, as
+                            one report, target/bench-report/report.{md,json}: a summary table
+                            (ironsift, baseline, ratio, target, PASS/MISS per comparison), then
+                            each part's details. Parts, in this order:
+                              core      `cargo bench --bench core`: in-process indexing (MB/s)
+                                        and search (QPS, p50/p99) vs plain Tantivy
+                              ingest    bulk NDJSON over HTTP vs plain Tantivy indexing (MB/s),
+                                        restart time with a full log (as bench-ingest)
+                              http      search over HTTP under load vs plain Tantivy in-process
+                                        (QPS, p50/p99, /readyz; as bench-http)
+                              overhead  resilience breaker / rate limit / bulkhead vs a bare
+                                        call (ns; targets: breaker < 50, rate limit < 30)
+                            A part that fails (build error, server not starting) is reported
+                            with its reason and the others still run; the exit status is 1.
+      --quick               short form of each part: Documentation/ only and 2,000 queries
+                            (core), 1 ingest run and 25,000 restart documents, 3 s loads,
+                            0.5 s + 1 s per overhead function (2-3 minutes once built)
+      --data DIR            corpus folder (default: $IRONSIFT_BENCH_DATA or target/bench-data),
+                            fetched and prepared there if missing (Linux 6.1 from Debian)
       --check               exit with status 2 if any comparison misses its target
+      --only PARTS          comma-separated subset of core,ingest,http,overhead
+      -- CRITERION_ARGS     passed to the core bench (Criterion filters and flags)
   bench-http [--quick] [--data DIR]
-                            build the release binary, index DIR/linux-docs.jsonl, run
-                            `ironsift serve` and load it with `ironsift bench-http` (closed loop,
-                            then open loop at half that rate) against plain Tantivy in-process
-                            search from the same run; write target/bench-report/http.{md,json}
+                            the http part alone: build the release binary, index
+                            DIR/linux-docs.jsonl, run `ironsift serve` and load it with
+                            `ironsift bench-http` (closed loop, then open loop at half that
+                            rate) against plain Tantivy in-process search from the same run;
+                            write target/bench-report/http.{md,json}
       --quick               3 s load runs and 2,000 baseline queries
-  bench-ingest [--data DIR] [--runs N] [--restart-docs N]
-                            bulk NDJSON ingest of DIR/linux-docs.jsonl over HTTP with
-                            --durability request and async against plain Tantivy in-process
-                            indexing (MB/s ratios, N runs each, default 2), then the time to
-                            ready after SIGKILL with N un-committed documents in the log
-                            (default 100,000)
+  bench-ingest [--quick] [--data DIR] [--runs N] [--restart-docs N]
+                            the ingest part alone: bulk NDJSON ingest of DIR/linux-docs.jsonl
+                            over HTTP with --durability request and async against plain Tantivy
+                            in-process indexing (MB/s ratios, N runs each, default 2; 1 with
+                            --quick), then the time to ready after SIGKILL with N un-committed
+                            documents in the log (default 100,000; 25,000 with --quick); write
+                            target/bench-report/ingest.{md,json}
   corpus [--data DIR]       only fetch/prepare the benchmark corpus
   crash [--rounds N] [--seed S]
                             the crash test in release (`cargo test --release --test crash`):
@@ -62,7 +83,8 @@ Commands:
                             schema_json, http_router
   bless                     regenerate tests/golden/expected.json from the golden corpus (after
                             a change to ranking or parsing that is meant to change the results)
-  report                    rewrite the report from the latest Criterion results (no run)
+  report                    rewrite report.{md,json} from the latest core Criterion results
+                            on disk (core part only, no run)
   stress <SCENARIO|all> [--quick] [--docs N] [-- BENCH_HTTP_ARGS...]
                             build the release binary, index a generated corpus (N docs, default
                             20,000; 5,000 with --quick), start `ironsift serve` on loopback and

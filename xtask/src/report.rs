@@ -1,4 +1,5 @@
-//! Turns Criterion's results into the ironsift-vs-Tantivy report (`report.md`, `report.json`).
+//! The core part of `cargo xtask bench`: Criterion's results of `benches/core.rs` as
+//! ironsift-vs-Tantivy comparisons (summary rows and details for the combined report).
 //!
 //! Each comparison divides ironsift's throughput by plain Tantivy's from the same run, so the
 //! machine's speed cancels out; the target says how much overhead ironsift may add.
@@ -6,28 +7,16 @@
 //! benchmark declared (bytes for indexing, queries for search), both read from its files.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::Result;
 use crate::json::{self, Json};
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Unit {
-    MegabytesPerSec,
-    QueriesPerSec,
-}
-
-impl Unit {
-    fn label(self) -> &'static str {
-        match self {
-            Unit::MegabytesPerSec => "MB/s",
-            Unit::QueriesPerSec => "QPS",
-        }
-    }
-}
+use crate::summary::{self, Target, Unit, Verdict};
 
 struct Comparison {
+    /// What is compared, for a human.
+    what: &'static str,
     group: &'static str,
     plain: &'static str,
     ironsift: &'static str,
@@ -39,6 +28,7 @@ struct Comparison {
 /// The contract with `benches/core.rs`: group and function names.
 const COMPARISONS: &[Comparison] = &[
     Comparison {
+        what: "indexing a folder in-process",
         group: "index_files",
         plain: "plain_tantivy",
         ironsift: "ironsift",
@@ -47,6 +37,7 @@ const COMPARISONS: &[Comparison] = &[
     },
     // Same fields as plain Tantivy, so the indexing target applies.
     Comparison {
+        what: "indexing JSON lines in-process, explicit schema",
         group: "index_json",
         plain: "plain_tantivy",
         ironsift: "ironsift_explicit",
@@ -55,6 +46,7 @@ const COMPARISONS: &[Comparison] = &[
     },
     // Indexes every string twice (`_all` and the `_source` JSON field) by design: shown, no target.
     Comparison {
+        what: "indexing JSON lines in-process, schemaless",
         group: "index_json",
         plain: "plain_tantivy",
         ironsift: "ironsift_schemaless",
@@ -62,6 +54,7 @@ const COMPARISONS: &[Comparison] = &[
         target: None,
     },
     Comparison {
+        what: "in-process search, top 10",
         group: "search",
         plain: "plain_tantivy_top10",
         ironsift: "ironsift_top10",
@@ -69,6 +62,7 @@ const COMPARISONS: &[Comparison] = &[
         target: Some(0.95),
     },
     Comparison {
+        what: "in-process search, top 10 + count",
         group: "search",
         plain: "plain_tantivy_top10_count",
         ironsift: "ironsift_top10_count",
@@ -89,18 +83,9 @@ impl Measured {
         let secs = self.median_ns / 1e9;
         match unit {
             Unit::MegabytesPerSec => self.per_iteration / 1e6 / secs,
-            Unit::QueriesPerSec => self.per_iteration / secs,
+            _ => self.per_iteration / secs,
         }
     }
-}
-
-enum Verdict {
-    Pass,
-    Fail,
-    Info,
-    Missing(String),
-    /// Measured, but not the comparison it claims to be (e.g. ironsift indexed other data).
-    Invalid(String),
 }
 
 struct Row {
@@ -127,6 +112,31 @@ pub(crate) struct Report {
     notes: Option<Json>,
 }
 
+fn load(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    json::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Criterion's median time per iteration (ns) of benchmark `id` (`group/function`, or the
+/// function's name alone outside a group), from `<home>/<id>/new/estimates.json`, if written
+/// after `since`.
+pub(crate) fn read_median_ns(home: &Path, id: &str, since: SystemTime) -> Result<f64> {
+    let estimates = home.join(id).join("new/estimates.json");
+    let modified = std::fs::metadata(&estimates)
+        .and_then(|m| m.modified())
+        .map_err(|_| format!("no {}", estimates.display()))?;
+    if modified < since {
+        return Err(format!("{id} did not run in this session"));
+    }
+    load(&estimates)?
+        .get("median")
+        .and_then(|m| m.get("point_estimate"))
+        .and_then(Json::as_f64)
+        .filter(|ns| *ns > 0.0)
+        .ok_or_else(|| format!("{id}: no median in estimates.json"))
+}
+
 /// Reads `<home>/<group>/<function>/new/{estimates,benchmark}.json`, if written after `since`.
 pub(crate) fn read_measured(
     home: &Path,
@@ -134,27 +144,8 @@ pub(crate) fn read_measured(
     function: &str,
     since: SystemTime,
 ) -> Result<Measured> {
-    let dir = home.join(group).join(function).join("new");
-    let estimates = dir.join("estimates.json");
-    let modified = std::fs::metadata(&estimates)
-        .and_then(|m| m.modified())
-        .map_err(|_| format!("no {}", estimates.display()))?;
-    if modified < since {
-        return Err(format!("{group}/{function} did not run in this session"));
-    }
-    let load = |path: PathBuf| -> Result<Json> {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        json::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let est = load(estimates)?;
-    let median_ns = est
-        .get("median")
-        .and_then(|m| m.get("point_estimate"))
-        .and_then(Json::as_f64)
-        .filter(|ns| *ns > 0.0)
-        .ok_or_else(|| format!("{group}/{function}: no median in estimates.json"))?;
-    let bench = load(dir.join("benchmark.json"))?;
+    let median_ns = read_median_ns(home, &format!("{group}/{function}"), since)?;
+    let bench = load(&home.join(group).join(function).join("new/benchmark.json"))?;
     let per_iteration = match bench.get("throughput") {
         Some(Json::Obj(members)) => members.first().and_then(|(_, v)| v.as_f64()),
         _ => None,
@@ -258,7 +249,7 @@ pub(crate) fn build(
                 (None, Some(_), Some(why), _) => Verdict::Invalid(why),
                 (None, Some(_), None, None) => Verdict::Info,
                 (None, Some(r), None, Some(t)) if r >= t => Verdict::Pass,
-                (None, Some(_), None, Some(_)) => Verdict::Fail,
+                (None, Some(_), None, Some(_)) => Verdict::Miss,
             };
             if let (Some(foreign), Some(wall)) = (
                 num(&format!("{}.foreign_cpu_s", cmp.group)),
@@ -309,35 +300,84 @@ fn note_text(v: &Json) -> String {
     }
 }
 
-impl Report {
-    /// True when every comparison with a target was measured and met it.
-    pub(crate) fn all_targets_met(&self) -> bool {
-        self.rows.iter().all(|r| match r.verdict {
-            Verdict::Pass | Verdict::Info => true,
-            Verdict::Fail | Verdict::Invalid(_) => false,
-            Verdict::Missing(_) => r.cmp.target.is_none(),
-        })
-    }
+/// Per-query latency percentiles of the search functions, one query at a time on one thread
+/// (noted by `benches/core.rs` as `search.<function>_p50_us`, `_p99_us`).
+const LATENCIES: &[(&str, &str)] = &[("p50", "p50_us"), ("p99", "p99_us")];
 
+impl Report {
     fn note(&self, key: &str) -> Option<String> {
         self.notes.as_ref()?.get(key).map(note_text)
     }
 
-    /// The report as Markdown (also printed to stdout).
-    pub(crate) fn markdown(&self) -> String {
+    fn num(&self, key: &str) -> Option<f64> {
+        self.notes.as_ref()?.get(key)?.as_f64()
+    }
+
+    /// The comparisons as summary rows, then the in-process latency percentiles.
+    pub(crate) fn summary_rows(&self) -> Vec<summary::Row> {
+        let mut rows: Vec<summary::Row> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let unit = r.cmp.unit;
+                summary::Row {
+                    what: format!(
+                        "{} (`{}/{}` vs `{}`)",
+                        r.cmp.what, r.cmp.group, r.cmp.ironsift, r.cmp.plain
+                    ),
+                    unit,
+                    ironsift: r.ironsift.as_ref().map(|m| m.rate(unit)),
+                    baseline: r.plain.as_ref().map(|m| m.rate(unit)),
+                    baseline_name: "plain Tantivy",
+                    target: r.cmp.target.map(Target::RatioAtLeast),
+                    verdict: r.verdict.clone(),
+                    noisy: r.noisy.clone(),
+                }
+            })
+            .collect();
+        let search_noisy = self
+            .rows
+            .iter()
+            .find(|r| r.cmp.group == "search")
+            .and_then(|r| r.noisy.clone());
+        for (label, suffix) in LATENCIES {
+            let us = |function: &str| self.num(&format!("search.{function}_{suffix}"));
+            let mut row = summary::Row::new(
+                format!(
+                    "in-process search latency {label}, one query at a time (`ironsift_top10` vs \
+                     `plain_tantivy_top10`)"
+                ),
+                Unit::Millis,
+                us("ironsift_top10").map(|v| v / 1000.0),
+                us("plain_tantivy_top10").map(|v| v / 1000.0),
+                "plain Tantivy",
+                None,
+            );
+            if row.ironsift.is_none() && self.rows.iter().any(|r| r.cmp.group == "search") {
+                row.verdict = Verdict::Missing("no latency notes from benches/core.rs".into());
+            }
+            row.noisy = search_noisy.clone();
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// The part's details: Criterion's figures per comparison, agreement and run notes.
+    pub(crate) fn details(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "# ironsift vs plain Tantivy ({} run)\n", self.mode);
         md.push_str(
             "| comparison | unit | plain Tantivy | ironsift | ratio | target | result |\n\
              |---|---|---:|---:|---:|---:|---|\n",
         );
         for r in &self.rows {
             let unit = r.cmp.unit;
-            let ratio = r.ratio().map_or("—".into(), |x| format!("{x:.2}"));
+            let ratio = r
+                .ratio()
+                .map_or("—".into(), |x| summary::fmt_ratio(x, r.cmp.target));
             let target = r.cmp.target.map_or("—".into(), |t| format!("≥ {t:.2}"));
             let mut result = match &r.verdict {
                 Verdict::Pass => "PASS".to_string(),
-                Verdict::Fail => "FAIL".to_string(),
+                Verdict::Miss => "MISS".to_string(),
                 Verdict::Info => "info".to_string(),
                 Verdict::Missing(why) => format!("MISSING ({why})"),
                 Verdict::Invalid(why) => format!("INVALID ({why})"),
@@ -359,20 +399,19 @@ impl Report {
                 result
             );
         }
-        let verdict = if self.all_targets_met() {
-            "all targets met"
-        } else {
-            "some targets missed"
-        };
         let took = if self.bench_time.is_zero() {
             String::new()
         } else {
-            format!(" Benchmarks took {}.", crate::fmt_duration(self.bench_time))
+            format!(
+                " `cargo bench --bench core` took {}.",
+                crate::fmt_duration(self.bench_time)
+            )
         };
         let _ = writeln!(
             md,
-            "\nOverall: **{verdict}**. Figures are Criterion medians (10 samples); ratio = \
-             ironsift / plain Tantivy, same run, same machine.{took}"
+            "\nFigures are Criterion medians (10 samples), {} mode; ratio = ironsift / plain \
+             Tantivy, same run, same machine. Search runs its queries on two threads.{took}",
+            self.mode
         );
         let mut noisy: Vec<&str> = self
             .rows
@@ -400,8 +439,22 @@ impl Report {
                  {o}% identical order, {s}% same set{scores}."
             );
         }
+        let lat = |f: &str, s: &str| self.note(&format!("search.{f}_{s}"));
+        if let (Some(p50), Some(p99), Some(i50), Some(i99)) = (
+            lat("plain_tantivy_top10", "p50_us"),
+            lat("plain_tantivy_top10", "p99_us"),
+            lat("ironsift_top10", "p50_us"),
+            lat("ironsift_top10", "p99_us"),
+        ) {
+            let _ = writeln!(
+                md,
+                "\nPer-query latency, every query timed alone on one thread (not part of the \
+                 Criterion timing): plain Tantivy p50 {p50} µs, p99 {p99} µs; ironsift p50 \
+                 {i50} µs, p99 {i99} µs."
+            );
+        }
         if let Some(Json::Obj(members)) = &self.notes {
-            md.push_str("\n## Run notes\n\n");
+            md.push_str("\n### Run notes\n\n");
             for (k, v) in members {
                 let _ = writeln!(md, "- `{k}`: {}", note_text(v));
             }
@@ -409,21 +462,14 @@ impl Report {
         md
     }
 
-    /// The report as JSON: one object per comparison plus the run notes.
-    pub(crate) fn json(&self) -> String {
+    /// The details as JSON: one object per comparison plus the run notes.
+    pub(crate) fn to_json(&self) -> Json {
         let num = |x: Option<f64>| x.map_or(Json::Null, Json::Num);
         let rows = self
             .rows
             .iter()
             .map(|r| {
                 let unit = r.cmp.unit;
-                let (verdict, why) = match &r.verdict {
-                    Verdict::Pass => ("pass", None),
-                    Verdict::Fail => ("fail", None),
-                    Verdict::Info => ("info", None),
-                    Verdict::Missing(w) => ("missing", Some(w.clone())),
-                    Verdict::Invalid(w) => ("invalid", Some(w.clone())),
-                };
                 Json::Obj(vec![
                     ("group".into(), Json::Str(r.cmp.group.into())),
                     ("ironsift".into(), Json::Str(r.cmp.ironsift.into())),
@@ -439,12 +485,6 @@ impl Report {
                     ),
                     ("ratio".into(), num(r.ratio())),
                     ("target".into(), num(r.cmp.target)),
-                    ("result".into(), Json::Str(verdict.into())),
-                    ("reason".into(), why.map_or(Json::Null, Json::Str)),
-                    (
-                        "noisy".into(),
-                        r.noisy.clone().map_or(Json::Null, Json::Str),
-                    ),
                     (
                         "plain_median_ns".into(),
                         num(r.plain.as_ref().map(|m| m.median_ns)),
@@ -460,32 +500,30 @@ impl Report {
                 ])
             })
             .collect();
-        let doc = Json::Obj(vec![
+        Json::Obj(vec![
             ("mode".into(), Json::Str(self.mode.into())),
             (
                 "bench_seconds".into(),
                 Json::Num(self.bench_time.as_secs_f64()),
             ),
-            ("all_targets_met".into(), Json::Bool(self.all_targets_met())),
             ("comparisons".into(), Json::Arr(rows)),
             (
                 "notes".into(),
                 self.notes.clone().unwrap_or(Json::Obj(Vec::new())),
             ),
-        ]);
-        let mut out = String::new();
-        doc.write(&mut out);
-        out.push('\n');
-        out
+        ])
     }
-}
 
-/// Writes `report.md` and `report.json` into `dir`.
-pub(crate) fn write(rep: &Report, dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let md = dir.join("report.md");
-    let js = dir.join("report.json");
-    std::fs::write(&md, rep.markdown())
-        .map_err(|e| format!("cannot write {}: {e}", md.display()))?;
-    std::fs::write(&js, rep.json()).map_err(|e| format!("cannot write {}: {e}", js.display()))?;
-    Ok((md, js))
+    /// The core part of the combined report; `failure` is why `cargo bench` did not finish.
+    pub(crate) fn part(&self, failure: Option<String>) -> summary::Part {
+        summary::Part {
+            name: "core",
+            title: crate::bench::PartKind::Core.title(),
+            took: self.bench_time,
+            rows: self.summary_rows(),
+            details: self.details(),
+            json: self.to_json(),
+            failure,
+        }
+    }
 }
