@@ -30,7 +30,7 @@
 //! | name | where | notes |
 //! |---|---|---|
 //! | `save_metas` | before every `meta.json` write: commits, the end of each merge, index creation | `return(msg)` fails it with an I/O error; `meta.json` is left untouched |
-//! | `FieldSerializer::close_term` | after each term's postings are serialized: new segments at commit, and merges | `return(msg)` gives an I/O error |
+//! | `FieldSerializer::close_term` | as each term's postings are closed while a segment is serialized: new segments at commit, and merges | `return(msg)` gives an I/O error |
 //! | `SegmentReader::open#middle` | while a segment is opened (reader reloads, merges, opening an index) | no return value: only `panic`, `sleep`... (`return` panics) |
 //!
 //! Tantivy has no fail point of its own in the merge path, hence `merge` above: the directory
