@@ -7,9 +7,8 @@
 //! ever-growing backlog.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 
+use crossbeam_channel::{Sender, TrySendError, bounded};
 use search_error::ErrorCode;
 use tokio::sync::oneshot;
 
@@ -22,16 +21,17 @@ const NICE: i32 = 5;
 
 /// Threads running submitted closures; the queue holds at most `queue` waiting jobs.
 pub(crate) struct Pool {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
 }
 
 impl Pool {
     pub(crate) fn new(name: &str, threads: usize, queue: usize) -> std::io::Result<Pool> {
         let threads = threads.max(1);
-        let (tx, rx) = sync_channel::<Job>(queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        // A multi-consumer channel: idle threads wait on it together, and a job wakes one of
+        // them directly (a `Mutex<mpsc::Receiver>` makes every job pass the lock along too).
+        let (tx, rx) = bounded::<Job>(queue.max(1));
         for i in 0..threads {
-            let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
+            let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
@@ -39,15 +39,9 @@ impl Pool {
                     // socket I/O): on Linux `nice` applies to the calling thread only. Failing
                     // to lower our own priority is harmless.
                     let _ = rustix::process::nice(NICE);
-                    loop {
-                        let job = {
-                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            guard.recv()
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return, // every sender dropped: the pool is gone
-                        }
+                    // Ends when every sender is dropped: the pool is gone.
+                    while let Ok(job) = rx.recv() {
+                        job();
                     }
                 })?;
         }
@@ -148,7 +142,7 @@ pub(crate) fn at_indexing_priority<T>(f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
+    use std::sync::{Arc, mpsc};
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
