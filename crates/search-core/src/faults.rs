@@ -20,10 +20,14 @@
 //!
 //! Every point also takes the other `fail` actions: `panic`, `sleep(ms)`, `delay(ms)`, `pause`,
 //! probabilities (`10%return`) and counts (`2*off->return`, fail from the third evaluation).
-//! One caveat for `panic` at `dir-write`: Tantivy writes `.managed.json` (its list of files)
-//! while holding a lock of its `ManagedDirectory`; a panic there poisons that lock, and every
-//! later write through the same `tantivy::Index` panics ("Managed file lock poisoned") until
-//! the index is opened again. An I/O error there is harmless. `merge` never fires there.
+//! A caveat for `panic` at `dir-write`: Tantivy writes `.managed.json` (its list of files)
+//! while holding a lock of its `ManagedDirectory`, and writes `meta.json` on its segment-updater
+//! thread, a rayon pool without a panic handler. A panic in the first poisons that lock, and the
+//! segment updater's next garbage collection then panics; a panic on that thread makes rayon
+//! abort the process. So `dir-write` takes I/O errors anywhere, but a panic only where the
+//! writing thread can die (Tantivy's indexing threads; `merge` for merge threads, whose panics
+//! Tantivy catches, and which never fires in `.managed.json`). The tests panic in segment
+//! serialization (`FieldSerializer::close_term`) and in merges instead.
 //!
 //! Tantivy's own fail points (active with the same feature; they share `fail`'s registry):
 //!
