@@ -90,7 +90,7 @@ pub(crate) struct ServeArgs {
     /// no longer queue, /readyz fails; back to normal 5 points below each level.
     #[arg(long, env = "IRONSIFT_MEMORY_LIMIT", value_parser = parse_size)]
     memory_limit: Option<u64>,
-    /// Searches running at once [default: one per core].
+    /// Searches running at once [default: cores + 1].
     #[arg(long, env = "IRONSIFT_SEARCH_CONCURRENCY")]
     search_concurrency: Option<usize>,
     /// Searches that may wait for a slot; more (or a wait beyond the deadline) get 503 +

@@ -77,6 +77,50 @@ impl Document {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_json().get(key)
     }
+
+    /// About how many bytes the document takes as JSON (its strings plus a little per value
+    /// and key), without serializing it: for sizing an output buffer once instead of letting
+    /// it grow by doubling (each growth copies everything written so far).
+    pub fn json_size_hint(&self) -> usize {
+        match (&self.stored, self.json.get()) {
+            (_, Some(map)) => map.iter().map(|(k, v)| k.len() + 4 + value_hint(v)).sum(),
+            (Some(s), None) => s
+                .doc
+                .field_values()
+                .map(|(f, v)| s.schema.get_field_name(f).len() + 4 + stored_hint(v))
+                .sum(),
+            (None, None) => 2,
+        }
+    }
+}
+
+fn stored_hint(v: CompactDocValue<'_>) -> usize {
+    match v.as_value() {
+        ReferenceValue::Leaf(Leaf::Str(s) | Leaf::Facet(s)) => s.len() + s.len() / 16 + 2,
+        ReferenceValue::Leaf(Leaf::PreTokStr(p)) => p.text.len() + 2,
+        ReferenceValue::Leaf(_) => 20,
+        ReferenceValue::Array(items) => items.map(|i| stored_hint(i) + 1).sum::<usize>() + 2,
+        ReferenceValue::Object(entries) => {
+            entries
+                .map(|(k, v)| k.len() + 4 + stored_hint(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
+}
+
+fn value_hint(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() + s.len() / 16 + 2,
+        Value::Array(items) => items.iter().map(|i| value_hint(i) + 1).sum::<usize>() + 2,
+        Value::Object(m) => {
+            m.iter()
+                .map(|(k, v)| k.len() + 4 + value_hint(v))
+                .sum::<usize>()
+                + 2
+        }
+        _ => 20,
+    }
 }
 
 impl Stored {

@@ -1176,7 +1176,10 @@ mod tests {
             tantivy::schema::IndexRecordOption::Basic,
         );
         let copies = searcher.search(&x, &tantivy::collector::Count).unwrap();
-        assert_eq!(copies, 1, "the upsert's delete was lost: both versions of x are live");
+        assert_eq!(
+            copies, 1,
+            "the upsert's delete was lost: both versions of x are live"
+        );
         assert_eq!(index.get("x").unwrap().unwrap()["v"], 2);
     }
 }

@@ -167,7 +167,11 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AdmissionConfig {
-            search_concurrency: cores,
+            // One more than the search threads (one per core): when a thread finishes, the
+            // next admitted search is already waiting for it in the pool, instead of the
+            // thread idling until the async side admits and hands over another. On 2 cores
+            // under 64 connections, 3 admitted at a time served 7-13 % more than 2.
+            search_concurrency: cores + 1,
             search_queue: 64,
             index_concurrency: 4,
             index_queue: 256,
@@ -183,19 +187,21 @@ impl Default for AdmissionConfig {
     }
 }
 
-/// A cached search answer: the serialized hits and total of one index generation.
+/// A cached search answer of one index generation: the start of the response body,
+/// `{"hits":[...]`, serialized once (shared, never copied: every answer sends these bytes as
+/// they are, followed by its own `,"total":...}`), and the total.
 #[derive(Clone)]
 pub(crate) struct CachedAnswer {
     pub(crate) generation: u64,
-    pub(crate) hits: Arc<Vec<u8>>,
+    pub(crate) head: axum::body::Bytes,
     pub(crate) total: Option<u64>,
 }
 
 impl Weighted for CachedAnswer {
     fn weight(&self) -> usize {
-        // The buffer's capacity, not its length: that is what it holds (the caller trims it
-        // before caching), plus the `Arc`'s counts.
-        self.hits.capacity() + 16
+        // The bytes and the shared handle's bookkeeping (the buffer may hold up to an eighth
+        // more as spare room: the caller trims anything beyond that before caching).
+        self.head.len() + 32
     }
 }
 

@@ -524,7 +524,8 @@ fn cache_key(index: &str, req: &SearchRequest) -> String {
     )
 }
 
-/// A search answer from its parts: the hits are already serialized, once, on the pool.
+/// A search answer from its parts: the head (`{"hits":[...]`) was serialized once, on the
+/// pool, and goes out as it is, shared with the cache; only the tail is written per answer.
 fn search_answer(
     ans: &CachedAnswer,
     started: Instant,
@@ -534,17 +535,43 @@ fn search_answer(
     let total = ans
         .total
         .map_or_else(|| "null".to_string(), |t| t.to_string());
-    let mut body = Vec::with_capacity(ans.hits.len() + 96);
-    body.extend_from_slice(b"{\"hits\":");
-    body.extend_from_slice(&ans.hits);
-    body.extend_from_slice(
-        format!(
-            ",\"total\":{total},\"took_ms\":{:.3},\"timed_out\":{timed_out},\"degraded\":{degraded}}}",
-            started.elapsed().as_secs_f64() * 1e3
-        )
-        .as_bytes(),
+    let tail = format!(
+        ",\"total\":{total},\"took_ms\":{:.3},\"timed_out\":{timed_out},\"degraded\":{degraded}}}",
+        started.elapsed().as_secs_f64() * 1e3
     );
-    json_bytes(StatusCode::OK, body)
+    let body = Chunks([Some(ans.head.clone()), Some(axum::body::Bytes::from(tail))]);
+    let mut r = (StatusCode::OK, axum::body::Body::new(body)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A response body of two shared chunks with an exact length (so it goes out with a
+/// `Content-Length` and in one vectored write, not chunked): a search answer's hits, often
+/// tens of kilobytes of document text, are not copied into a new buffer for each answer.
+struct Chunks([Option<axum::body::Bytes>; 2]);
+
+impl http_body::Body for Chunks {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let next = self.0.iter_mut().find_map(Option::take);
+        std::task::Poll::Ready(next.map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().flatten().map(|b| b.len() as u64).sum())
+    }
 }
 
 async fn run_search(
@@ -624,13 +651,29 @@ async fn run_search(
                 suspect.suspect(&suspect_name);
             }
         })?;
-        let hits = sonic_rs::to_vec(&resp.hits).map_err(|e| {
+        // Sized once from the documents' lengths: a buffer grown by doubling copies what it
+        // holds at each step (tens of kilobytes of document text per answer).
+        let size: usize = resp
+            .hits
+            .iter()
+            .map(|h| {
+                let marks: usize = h
+                    .highlights
+                    .values()
+                    .map(|m| m.fragment.len() + 16 * m.ranges.len() + 64)
+                    .sum();
+                h.doc.json_size_hint() + h.id.len() + marks + 64
+            })
+            .sum();
+        let mut head = Vec::with_capacity(size + 16);
+        head.extend_from_slice(b"{\"hits\":");
+        sonic_rs::to_writer(&mut head, &resp.hits).map_err(|e| {
             ApiError::new(
                 ErrorCode::Internal,
                 format!("response encoding failed: {e}"),
             )
         })?;
-        Ok((hits, resp.total, resp.timed_out))
+        Ok((head, resp.total, resp.timed_out))
     }));
     let result = search_work(&state).oneshot(job).await.map_err(|e| match e {
         resilience::ResilienceError::Inner(e) => e,
@@ -657,13 +700,15 @@ async fn run_search(
             resilience::Outcome::from_result(&result)
         });
     }
-    let (mut hits, total, timed_out) = result?;
-    // A serializer's buffer grows by doubling: up to half of it can be spare room, which a
-    // cached answer would hold for as long as it stays cached.
-    hits.shrink_to_fit();
+    let (mut head, total, timed_out) = result?;
+    // Spare room past a size hint that overshot would stay held as long as the answer stays
+    // cached: trim it when it is worth a copy.
+    if head.capacity() - head.len() > head.len() / 8 {
+        head.shrink_to_fit();
+    }
     let ans = CachedAnswer {
         generation,
-        hits: std::sync::Arc::new(hits),
+        head: axum::body::Bytes::from(head),
         total,
     };
     if !timed_out
