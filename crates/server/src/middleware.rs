@@ -1,5 +1,6 @@
 //! Request context (id, span, log line, metrics) and authentication.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -8,13 +9,48 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use observability::metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 use observability::request_id::RequestId;
-use search_error::ErrorCode;
+use search_error::{ErrorCode, Severity};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::context;
 use crate::error::{ApiError, ErrorInfo};
 use crate::state::AppState;
+
+/// Log lines per second for refused and rejected requests (see [`request_context`]).
+const REFUSAL_LINES_PER_SECOND: u64 = 20;
+
+static LOG_BUDGET: LogBudget = LogBudget {
+    second: AtomicU64::new(0),
+    used: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+/// At most [`REFUSAL_LINES_PER_SECOND`] lines a second, lock-free; over the budget, lines are
+/// counted and the count goes out with the next line allowed.
+struct LogBudget {
+    second: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    /// `Some(lines suppressed since the last one)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < REFUSAL_LINES_PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
 
 /// Name of the correlation header, read and echoed.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -58,22 +94,43 @@ pub(crate) async fn request_context(
     }
     let _enter = span.enter();
     let ms = elapsed.as_secs_f64() * 1e3;
-    if status.is_server_error() {
-        let msg = resp
-            .extensions()
-            .get::<ErrorInfo>()
-            .map(|i| i.message.as_str())
-            .unwrap_or("");
-        tracing::error!(
+    let info = resp.extensions().get::<ErrorInfo>();
+    let severity = info.map(|i| i.severity);
+    let msg = info.map(|i| i.message.as_str()).unwrap_or("");
+    match severity {
+        // Something is wrong with the service or the data: every one is logged.
+        Some(Severity::High | Severity::Critical) => tracing::error!(
             status = status.as_u16(),
             took_ms = ms,
             error = msg,
             "request failed"
-        );
-    } else if status.is_client_error() {
-        tracing::info!(status = status.as_u16(), took_ms = ms, "request rejected");
-    } else {
-        tracing::debug!(status = status.as_u16(), took_ms = ms, "request served");
+        ),
+        // Expected under load or from clients (shedding, timeouts, bad input, 404s): logged
+        // within a budget of lines per second, the rest counted and reported with the next
+        // line. A server shedding thousands of requests a second must not spend its CPU
+        // writing a line for each (the metrics count them all).
+        _ if status.is_client_error() || status.is_server_error() => {
+            if let Some(suppressed) = LOG_BUDGET.admit() {
+                if status.is_server_error() {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        took_ms = ms,
+                        error = msg,
+                        suppressed,
+                        "request refused"
+                    );
+                } else {
+                    tracing::info!(
+                        status = status.as_u16(),
+                        took_ms = ms,
+                        error = msg,
+                        suppressed,
+                        "request rejected"
+                    );
+                }
+            }
+        }
+        _ => tracing::debug!(status = status.as_u16(), took_ms = ms, "request served"),
     }
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
