@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 #[doc(inline)]
 pub use search_core::{
-    Catalog, CoreError, DEFAULT_INDEX, Durability, FieldSpec, FieldType, Highlight, Hit,
+    Catalog, CoreError, DEFAULT_INDEX, DocCache, Durability, FieldSpec, FieldType, Highlight, Hit,
     IndexConfig, IndexDirOptions, IndexDirReport, IndexKind, IndexStats, IngestReport, QueryLimits,
     RepairReport, SchemaSpec, SearchIndex, SearchRequest, SearchResponse, SnapshotInfo,
     VerifyReport,

@@ -114,6 +114,10 @@ pub(crate) struct ServeArgs {
     /// is failing or the server overloaded); 0 disables [default: 64].
     #[arg(long, env = "IRONSIFT_CACHE_MB")]
     cache_mb: Option<usize>,
+    /// Memory in MiB for stored documents rendered as JSON once and reused by later searches
+    /// (saves reading and serializing a popular document again); 0 disables [default: 64].
+    #[arg(long, env = "IRONSIFT_DOC_CACHE_MB")]
+    doc_cache_mb: Option<usize>,
     /// Open an index's search breaker when this percentage of its recent searches failed
     /// (cached answers are then served, flagged degraded) [default: 50].
     #[arg(long, env = "IRONSIFT_BREAKER_FAILURE_RATE")]
@@ -169,6 +173,7 @@ struct FileConfig {
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
     cache_mb: Option<usize>,
+    doc_cache_mb: Option<usize>,
     search_timeout: Option<String>,
     max_search_timeout: Option<String>,
 }
@@ -408,6 +413,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         IndexConfig {
             writer_heap_bytes: heap_mb.max(15) << 20,
             durability,
+            doc_cache: Some(std::sync::Arc::new(ironsift::DocCache::new(
+                args.doc_cache_mb.or(file.doc_cache_mb).unwrap_or(64) << 20,
+            ))),
             ..IndexConfig::default()
         },
     )?;

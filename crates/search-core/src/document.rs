@@ -7,7 +7,7 @@
 //! for callers that index into it.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
@@ -17,10 +17,13 @@ use tantivy::schema::document::{CompactDocValue, ReferenceValue, ReferenceValueL
 use tantivy::schema::{Field, Schema, Value as _};
 
 use crate::index::to_json;
+use crate::render::Rendered;
 
 /// The fields of one stored document.
 pub struct Document {
     stored: Option<Stored>,
+    /// Rendered once as JSON text (see [`crate::DocCache`]).
+    rendered: Option<Arc<Rendered>>,
     json: OnceLock<Map<String, Value>>,
 }
 
@@ -47,6 +50,15 @@ impl Document {
                 id,
                 source,
             }),
+            rendered: None,
+            json: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn rendered(rendered: Arc<Rendered>) -> Self {
+        Document {
+            stored: None,
+            rendered: Some(rendered),
             json: OnceLock::new(),
         }
     }
@@ -55,16 +67,26 @@ impl Document {
     pub fn from_json(map: Map<String, Value>) -> Self {
         Document {
             stored: None,
+            rendered: None,
             json: OnceLock::from(map),
         }
     }
 
+    /// The document as JSON object text, when it was rendered once and kept (a search with a
+    /// [`crate::DocCache`]): a caller writing JSON can copy it as it is instead of serializing
+    /// the document again. `None` otherwise; serializing the document gives the same object.
+    pub fn raw_json(&self) -> Option<&str> {
+        self.rendered.as_deref().map(|r| &*r.json)
+    }
+
     /// The document as a JSON object (built on first call, then cached).
     pub fn as_json(&self) -> &Map<String, Value> {
-        self.json.get_or_init(|| match &self.stored {
-            Some(s) => s.build_map(),
-            None => Map::new(),
-        })
+        self.json
+            .get_or_init(|| match (&self.stored, &self.rendered) {
+                (Some(s), _) => s.build_map(),
+                (None, Some(r)) => serde_json::from_str(&r.json).unwrap_or_default(),
+                (None, None) => Map::new(),
+            })
     }
 
     /// The document as a JSON object, by value.
@@ -82,6 +104,9 @@ impl Document {
     /// and key), without serializing it: for sizing an output buffer once instead of letting
     /// it grow by doubling (each growth copies everything written so far).
     pub fn json_size_hint(&self) -> usize {
+        if let Some(r) = &self.rendered {
+            return r.json.len();
+        }
         match (&self.stored, self.json.get()) {
             (_, Some(map)) => map.iter().map(|(k, v)| k.len() + 4 + value_hint(v)).sum(),
             (Some(s), None) => s
@@ -216,7 +241,8 @@ impl Serialize for Document {
             return map.serialize(s);
         }
         let Some(stored) = &self.stored else {
-            return Map::new().serialize(s);
+            // Rendered text: through a map (writers of JSON copy `raw_json` instead).
+            return self.as_json().serialize(s);
         };
         if let Some(source) = stored.source {
             return match stored.doc.get_first(source) {
@@ -261,7 +287,10 @@ impl PartialEq for Document {
 
 impl Clone for Document {
     fn clone(&self) -> Self {
-        Document::from_json(self.as_json().clone())
+        match (&self.stored, &self.rendered) {
+            (None, Some(r)) => Document::rendered(r.clone()),
+            _ => Document::from_json(self.as_json().clone()),
+        }
     }
 }
 

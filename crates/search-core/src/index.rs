@@ -40,6 +40,10 @@ pub struct IndexConfig {
     pub doc_cache_blocks: usize,
     /// When writes to documents indexes are acknowledged (see [`Durability`]).
     pub durability: Durability,
+    /// Stored documents rendered as JSON once and reused by later searches (see
+    /// [`crate::DocCache`]); share one among the indexes of a catalog. `None`: every hit is
+    /// fetched from the document store and serialized again.
+    pub doc_cache: Option<std::sync::Arc<crate::DocCache>>,
 }
 
 impl Default for IndexConfig {
@@ -50,6 +54,7 @@ impl Default for IndexConfig {
             query_limits: QueryLimits::default(),
             doc_cache_blocks: 512,
             durability: Durability::Request,
+            doc_cache: None,
         }
     }
 }

@@ -32,6 +32,7 @@ mod files;
 mod index;
 mod integrity;
 mod query;
+mod render;
 mod schema;
 mod search;
 mod snapshot;
@@ -46,6 +47,7 @@ pub use files::{
 pub use index::{IndexConfig, IndexStats, IngestReport, LineError, MAX_ID_BYTES, SearchIndex};
 pub use integrity::{Damage, VerifyReport, verify_index_dir};
 pub use query::QueryLimits;
+pub use render::{DocCache, Rendered};
 pub use schema::{ALL_FIELD, FieldSpec, FieldType, ID_FIELD, IndexKind, SOURCE_FIELD, SchemaSpec};
 pub use search::{Highlight, Hit, MAX_LIMIT, MAX_WINDOW, SearchRequest, SearchResponse};
 pub use snapshot::{SnapshotFile, SnapshotInfo, list_snapshots};

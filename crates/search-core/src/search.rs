@@ -16,6 +16,7 @@ use crate::deadline::{self, Deadline};
 use crate::document::Document;
 use crate::error::{CoreError, Result};
 use crate::index::SearchIndex;
+use crate::render::Rendered;
 use crate::schema::{FieldType, Layout};
 
 /// Most hits one request may ask for.
@@ -317,16 +318,47 @@ impl SearchIndex {
             Highlighter::None
         };
         let mut hits = Vec::with_capacity(top.len());
+        let cache = self.config.doc_cache.as_ref().filter(|c| c.max_bytes() > 0);
         for (score, addr) in top {
+            let segment = searcher.segment_reader(addr.segment_ord).segment_id();
+            let cached = cache.and_then(|c| c.get(segment, addr.doc_id));
+            let snippets = !matches!(highlighter, Highlighter::None) && !past_deadline();
+            if let (Some(r), false) = (&cached, snippets) {
+                // Seen before: neither the document store nor the serializer is needed.
+                hits.push(Hit {
+                    id: r.id.clone(),
+                    score,
+                    doc: Document::rendered(r.clone()),
+                    highlights: BTreeMap::new(),
+                });
+                continue;
+            }
             let doc: TantivyDocument = searcher
                 .doc(addr)
                 .map_err(|e| CoreError::tantivy(&self.name, "read document", e))?;
-            let highlights = if matches!(highlighter, Highlighter::None) || past_deadline() {
-                BTreeMap::new()
-            } else {
+            let highlights = if snippets {
                 highlight(&highlighter, &doc)
+            } else {
+                BTreeMap::new()
             };
-            let (id, doc) = self.stored_document(doc);
+            let (id, doc) = match (cached, cache) {
+                (Some(r), _) => (r.id.clone(), Document::rendered(r)),
+                (None, Some(c)) => {
+                    let (id, doc) = self.stored_document(doc);
+                    match serde_json::to_string(&doc) {
+                        Ok(json) => {
+                            let r = Arc::new(Rendered {
+                                id,
+                                json: json.into_boxed_str(),
+                            });
+                            c.insert(segment, addr.doc_id, r.clone());
+                            (r.id.clone(), Document::rendered(r))
+                        }
+                        Err(_) => (id, doc),
+                    }
+                }
+                (None, None) => self.stored_document(doc),
+            };
             hits.push(Hit {
                 id,
                 score,

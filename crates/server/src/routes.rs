@@ -667,7 +667,7 @@ async fn run_search(
             .sum();
         let mut head = Vec::with_capacity(size + 16);
         head.extend_from_slice(b"{\"hits\":");
-        sonic_rs::to_writer(&mut head, &resp.hits).map_err(|e| {
+        write_hits(&mut head, &resp.hits).map_err(|e| {
             ApiError::new(
                 ErrorCode::Internal,
                 format!("response encoding failed: {e}"),
@@ -718,6 +718,34 @@ async fn run_search(
         cache.insert(key, ans.clone());
     }
     Ok(search_answer(&ans, started, timed_out, degraded))
+}
+
+/// Writes `hits` as a JSON array, exactly as `Hit`'s `Serialize` would, but copying a
+/// document rendered once (`Document::raw_json`) as it is instead of serializing it again.
+fn write_hits(out: &mut Vec<u8>, hits: &[search_core::Hit]) -> sonic_rs::Result<()> {
+    out.push(b'[');
+    for (i, hit) in hits.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let Some(raw) = hit.doc.raw_json() else {
+            sonic_rs::to_writer(&mut *out, hit)?;
+            continue;
+        };
+        out.extend_from_slice(b"{\"id\":");
+        sonic_rs::to_writer(&mut *out, &hit.id)?;
+        out.extend_from_slice(b",\"score\":");
+        sonic_rs::to_writer(&mut *out, &hit.score)?;
+        out.extend_from_slice(b",\"doc\":");
+        out.extend_from_slice(raw.as_bytes());
+        if !hit.highlights.is_empty() {
+            out.extend_from_slice(b",\"highlights\":");
+            sonic_rs::to_writer(&mut *out, &hit.highlights)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(())
 }
 
 /// One search's work, run on the search pool. (A struct rather than an alias of the boxed
@@ -937,4 +965,60 @@ async fn put_chaos(
 
 async fn admin_resources(State(state): State<AppState>) -> ApiResult {
     Ok(json(StatusCode::OK, &state.resources()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use search_core::{Catalog, DocCache, IndexConfig, IndexKind, SearchRequest};
+    use serde_json::{Value, json};
+
+    /// Hits copied from rendered documents read back exactly as hits serialized field by
+    /// field (same keys, values and order of hits), snippets included.
+    #[test]
+    fn hits_written_from_rendered_documents_match_serialized_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::with_config(
+            dir.path(),
+            IndexConfig {
+                writer_heap_bytes: 20 << 20,
+                writer_threads: Some(1),
+                doc_cache: Some(Arc::new(DocCache::new(1 << 20))),
+                ..IndexConfig::default()
+            },
+        )
+        .unwrap();
+        let index = catalog.open_or_create("d", IndexKind::Documents).unwrap();
+        for i in 0..30 {
+            index
+                .upsert(json!({
+                    "id": format!("d{i}"),
+                    "text": format!("needle {i} \"q\" \\ \u{1}\n\t é 日本 {}", "hay ".repeat(i)),
+                    "n": i, "f": 0.1 * i as f64, "ok": i % 2 == 0, "none": null,
+                    "nested": {"a": [1, "two", {"b": i}]},
+                }))
+                .unwrap();
+        }
+        index.commit().unwrap();
+        for highlight in [false, true] {
+            let mut req = SearchRequest::new("needle");
+            req.limit = 20;
+            req.highlight = highlight;
+            // The reference: the same index searched without the cache, serialized as usual.
+            let plain = Catalog::open(dir.path()).unwrap().open_index("d").unwrap();
+            let stored = plain.search(&req).unwrap().hits;
+            assert!(stored.iter().all(|h| h.doc.raw_json().is_none()));
+            let _ = index.search(&req).unwrap(); // renders and caches
+            let second = index.search(&req).unwrap().hits; // from the cache
+            assert!(second.iter().all(|h| h.doc.raw_json().is_some()));
+            let reference: Value =
+                serde_json::from_slice(&sonic_rs::to_vec(&stored).unwrap()).unwrap();
+            let mut out = Vec::new();
+            super::write_hits(&mut out, &second).unwrap();
+            let written: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(written, reference, "highlight {highlight}");
+            assert_eq!(written.as_array().unwrap().len(), 20);
+        }
+    }
 }

@@ -465,6 +465,9 @@ impl AppState {
                         cache.clear();
                         count_action("drop_cache");
                     }
+                    if let Some(docs) = &state.0.catalog.config().doc_cache {
+                        docs.clear();
+                    }
                     let st = state.clone();
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn_blocking(move || {
