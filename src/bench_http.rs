@@ -16,7 +16,12 @@
 //!   memory back near its baseline afterwards when `--pid` names the local server;
 //! - `chaos`: sustained load while faults are injected, and with `--kill-cmd` a SIGKILL (and
 //!   restart, by whoever supervises the server) mid-run: 0 timeouts, recovery within a bound,
-//!   errors outside the restart window ≤ 0.1 %.
+//!   errors outside the restart window ≤ 0.1 %, and, when the server's metrics show injected
+//!   errors, the circuit breaker opened and closed again.
+//!
+//! Every scenario polls the server's `/metrics` (`--metrics`) once a second for its circuit
+//! breaker transitions and state, charted in the report; a server without them, or with
+//! protected metrics and no admin key, is reported with a note instead.
 //!
 //! Exit status: 0 when every bar passed, 4 when one failed, 1 on errors.
 
@@ -29,7 +34,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use testkit::corpus::{self, CorpusConfig, Generator};
-use testkit::load::{self, Hook, LoadConfig, Mode, Phase, Plan, Request, RunData, Workload};
+use testkit::load::{
+    self, Hook, LoadConfig, MetricsPoll, Mode, Phase, Plan, Request, RunData, Workload,
+};
 use testkit::report::{self, Bar, Finding, Report, fmt_us, thousands};
 
 use crate::serve::parse_duration;
@@ -171,6 +178,11 @@ pub(crate) struct BenchHttpArgs {
     /// Poll this path on its own connection meanwhile ("" for none).
     #[arg(long, default_value = "/readyz")]
     probe: String,
+    /// Scenarios: read the server's Prometheus metrics here once a second, for its circuit
+    /// breaker transitions and injected faults ("" for none; skipped with a note when absent
+    /// or protected and --key is not an admin key).
+    #[arg(long, default_value = "/metrics")]
+    metrics: String,
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -465,6 +477,15 @@ fn base_plan(ctx: &Ctx<'_>, workloads: Vec<Workload>) -> Plan {
         probe_interval: Duration::from_millis(100),
         rss_pid: ctx.args.pid,
         hooks: Vec::new(),
+        metrics: (!ctx.args.metrics.is_empty()).then(|| MetricsPoll {
+            path: ctx.args.metrics.clone(),
+            headers: ctx
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            interval: Duration::from_secs(1),
+        }),
     }
 }
 
@@ -1108,7 +1129,21 @@ fn judge(scenario: Scenario, ctx: &Ctx<'_>, d: &RunData) -> Verdict {
                 ),
             ));
             findings.push(shed_finding(d));
+            breaker_check(d, &mut bars, &mut notes);
         }
+    }
+    match &d.breaker {
+        Some(b) if b.exported => findings.push(finding(
+            "circuit breaker",
+            report::breaker_summary(b, d.injected_faults.as_ref()),
+        )),
+        Some(b) => notes.push(format!(
+            "No circuit breaker figures in this report: {}.",
+            b.note
+                .as_deref()
+                .unwrap_or("the server exports no breaker metrics")
+        )),
+        None => {}
     }
     if let Some(f) = probe_finding(d) {
         findings.push(f);
@@ -1137,6 +1172,43 @@ fn judge(scenario: Scenario, ctx: &Ctx<'_>, d: &RunData) -> Verdict {
         bars,
         findings,
         notes,
+    }
+}
+
+/// chaos: with faults injected, the breaker must have opened and closed again during the run
+/// (as the server's metrics counted it). Skipped with a note when the server's metrics do not
+/// tell (not polled, protected, or without breaker or chaos-layer counters).
+fn breaker_check(d: &RunData, bars: &mut Vec<Bar>, notes: &mut Vec<String>) {
+    let Some(b) = &d.breaker else {
+        notes.push(
+            "The breaker check was skipped: the server's metrics were not polled (--metrics \"\")."
+                .into(),
+        );
+        return;
+    };
+    if !b.exported {
+        notes.push("The breaker check was skipped for lack of breaker figures.".into());
+        return;
+    }
+    match &d.injected_faults {
+        Some(f) if f.errors + f.panics > 0 => bars.push(bar(
+            "breaker opened and closed during the faults",
+            "opened ≥ 1 and closed ≥ 1",
+            format!(
+                "opened {}, closed {} ({} errors injected)",
+                thousands(b.opened_total),
+                thousands(b.closed_total),
+                thousands(f.errors + f.panics)
+            ),
+            b.opened_total > 0 && b.closed_total > 0,
+        )),
+        Some(_) => notes.push(
+            "The chaos layer injected no errors during the run: the breaker check does not apply.".into(),
+        ),
+        None => notes.push(format!(
+            "The server exports no chaos-layer counters ({}): whether faults were injected is unknown, so the breaker check was skipped.",
+            load::CHAOS_INJECTED
+        )),
     }
 }
 

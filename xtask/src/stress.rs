@@ -456,9 +456,11 @@ fn run_one(
         std::thread::sleep(Duration::from_millis(20));
     };
     if scenario == "chaos" {
-        // The breaker's transitions and the degraded answers, as the server counted them.
+        // The breaker's transitions and the degraded answers, as the server counted them since
+        // its last start (the report sums them over the whole run, restart included).
         match http_text(addr, "/metrics") {
             Ok(text) => {
+                println!("stress: server counters since its last start:");
                 for line in text.lines().filter(|l| {
                     l.starts_with("ironsift_breaker_transitions_total")
                         || l.starts_with("ironsift_degraded_answers_total")

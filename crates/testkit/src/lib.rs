@@ -10,8 +10,9 @@
 //!   synchronous code, with no async runtime.
 //!
 //! - [`load`]: an HTTP load generator, closed loop (N connections) or open loop (a fixed rate,
-//!   latency from the due time so stalls are not hidden), with HDR histograms and a health
-//!   probe; `ironsift bench-http` runs it against any deployment.
+//!   latency from the due time so stalls are not hidden), with HDR histograms, a health
+//!   probe and a poll of the server's Prometheus metrics (circuit breaker transitions);
+//!   `ironsift bench-http` runs it against any deployment.
 //!
 //! - [`rng`]: a deterministic PRNG (uniform and Zipf draws) for generated corpora.
 //!

@@ -16,7 +16,9 @@
 //! time series (throughput, 2xx p50/p99, shed and error counts, probe latency, users, memory).
 //!
 //! A probe can poll a second path (e.g. `/readyz`) on its own connection meanwhile, to show that
-//! health answers stay fast under load. The HTTP/1.1 client is minimal on purpose (keep-alive,
+//! health answers stay fast under load. The server's Prometheus metrics can be polled too
+//! ([`MetricsPoll`]), once a second on a thread of their own: its circuit breaker transitions
+//! and state go into [`RunData::breaker`], summed across server restarts ([`CounterDeltas`]). The HTTP/1.1 client is minimal on purpose (keep-alive,
 //! `Content-Length` or chunked bodies): the load generator shares the machine with the server
 //! and must cost as little CPU as it can.
 
@@ -405,6 +407,7 @@ pub async fn run(cfg: LoadConfig) -> io::Result<LoadReport> {
         probe_interval: cfg.probe_interval,
         rss_pid: None,
         hooks: Vec::new(),
+        metrics: None,
     };
     let data = run_plan(plan).await?;
     let t = &data.totals;
@@ -642,6 +645,9 @@ pub struct Plan {
     pub rss_pid: Option<u32>,
     /// Actions at given moments.
     pub hooks: Vec<Hook>,
+    /// Poll the server's Prometheus metrics throughout, for its circuit breakers and injected
+    /// faults ([`RunData::breaker`], [`RunData::injected_faults`]).
+    pub metrics: Option<MetricsPoll>,
 }
 
 /// Counts of outcomes.
@@ -832,8 +838,8 @@ pub struct ProbeStats {
     pub failures: u64,
 }
 
-/// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+/// Everything a run measured (`Default`: an empty run, for tests of what renders it).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunData {
     /// Wall time of the run, seconds.
     pub seconds: f64,
@@ -859,12 +865,17 @@ pub struct RunData {
     pub events: Vec<Event>,
     /// Health probe.
     pub probe: Option<ProbeStats>,
+    /// The server's circuit breakers, from its metrics (`None` when the plan polled none).
+    pub breaker: Option<BreakerData>,
+    /// Faults the server's chaos layer injected during the run, from its metrics (`None` when
+    /// not polled or not exported).
+    pub injected_faults: Option<InjectedFaults>,
     #[serde(skip)]
     ok_seconds: SecondHistograms,
 }
 
 /// The 2xx latency of every second (kept for windowed percentiles; not serialized).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct SecondHistograms(Vec<Histogram<u32>>);
 
 impl std::fmt::Debug for SecondHistograms {
@@ -1419,6 +1430,14 @@ pub async fn run_plan(plan: Plan) -> io::Result<RunData> {
         })
     };
 
+    // Server metrics: own thread and a blocking client, once a second, like the probe off
+    // the load's path (a poll costs the server one render of its metrics).
+    let poller = plan.metrics.clone().map(|m| {
+        let (finished, addr) = (finished.clone(), plan.addr);
+        let timeout = plan.timeout.min(METRICS_POLL_TIMEOUT);
+        std::thread::spawn(move || poll_metrics(&m, addr, timeout, start, &finished))
+    });
+
     let hooks: Vec<_> = plan
         .hooks
         .into_iter()
@@ -1463,6 +1482,17 @@ pub async fn run_plan(plan: Plan) -> io::Result<RunData> {
     if let Some(p) = probe {
         let _ = tokio::task::spawn_blocking(move || p.join()).await;
     }
+    let polled = match poller {
+        Some(p) => tokio::task::spawn_blocking(move || p.join())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    let (breaker, injected_faults) = match polled {
+        Some((b, f)) => (Some(b), f),
+        None => (None, None),
+    };
     for h in hooks {
         // A hook scheduled after the end still runs (e.g. a restart must not be left
         // half done); its thread is joined so its event is in the report.
@@ -1530,8 +1560,375 @@ pub async fn run_plan(plan: Plan) -> io::Result<RunData> {
             latency: Latency::of(&inner.probe),
             failures: inner.probe_failures,
         }),
+        breaker,
+        injected_faults,
         ok_seconds: SecondHistograms(ok_seconds),
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Server metrics during a run: circuit breakers and injected faults, from `/metrics`.
+// ---------------------------------------------------------------------------------------
+
+/// Circuit breaker state changes, by `breaker`, `from` and `to` (a counter).
+pub const BREAKER_TRANSITIONS: &str = "ironsift_breaker_transitions_total";
+/// Circuit breaker state, by `breaker`: 0 closed, 1 open, 2 half-open (a gauge).
+pub const BREAKER_STATE: &str = "ironsift_breaker_state";
+/// Faults injected by the chaos layer, by `chaos` and `kind` (`delay`, `error`, `panic`).
+pub const CHAOS_INJECTED: &str = "ironsift_chaos_injected_total";
+
+/// Bound on one metrics poll: a slow poll is a gap, not a stall of the sampler.
+const METRICS_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where and how often to read the server's Prometheus metrics during a run.
+#[derive(Debug, Clone)]
+pub struct MetricsPoll {
+    /// Path of the text exposition endpoint, e.g. `/metrics`.
+    pub path: String,
+    /// Extra headers (e.g. `Authorization` for a protected endpoint).
+    pub headers: Vec<(String, String)>,
+    /// Time between polls.
+    pub interval: Duration,
+}
+
+/// The server's circuit breakers during a run, summed over every breaker it has.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BreakerData {
+    /// Whether the server exported breaker metrics in at least one poll.
+    pub exported: bool,
+    /// Why figures are missing (e.g. the endpoint is protected), for the reader.
+    pub note: Option<String>,
+    /// Polls answered with 200.
+    pub polls: u64,
+    /// Polls without a usable answer (server down, timeout, other status): gaps.
+    pub failed_polls: u64,
+    /// Times the counters started again from zero between two polls (a server restart).
+    pub restarts: u64,
+    /// Transitions to open.
+    pub opened_total: u64,
+    /// Transitions to half-open.
+    pub half_open_total: u64,
+    /// Transitions to closed.
+    pub closed_total: u64,
+    /// One row per second with a successful poll (a second without one is a gap).
+    pub timeline: Vec<BreakerSecond>,
+}
+
+/// The transitions a poll found since the previous successful one, and the state it saw.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BreakerSecond {
+    /// Second of the run the poll was sent in.
+    pub t: u32,
+    /// Transitions to open.
+    pub opened: u64,
+    /// Transitions to half-open.
+    pub half_open: u64,
+    /// Transitions to closed.
+    pub closed: u64,
+    /// The worst current state over the breakers (`open`, `half_open`, `closed`) when the
+    /// server exports the state gauge. Sampled: a breaker open for less than a second may
+    /// show only in the transitions.
+    pub state: Option<&'static str>,
+}
+
+/// Faults the server's chaos layer injected during the run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InjectedFaults {
+    /// Injected errors.
+    pub errors: u64,
+    /// Injected panics.
+    pub panics: u64,
+    /// Injected delays.
+    pub delays: u64,
+}
+
+/// One sample of the Prometheus text exposition format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromSample {
+    /// Metric name.
+    pub name: String,
+    /// Labels, in the order given.
+    pub labels: Vec<(String, String)>,
+    /// Value.
+    pub value: f64,
+}
+
+impl PromSample {
+    /// The value of label `name`.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the Prometheus text exposition format: comments and blank lines skipped, label
+/// values unescaped (`\\`, `\"`, `\n`), a timestamp ignored. A malformed line is skipped:
+/// any deployment's endpoint may be polled, and one odd line must not hide the others.
+pub fn parse_prometheus(text: &str) -> Vec<PromSample> {
+    text.lines().filter_map(parse_prometheus_line).collect()
+}
+
+fn parse_prometheus_line(line: &str) -> Option<PromSample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = &line[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(r) = rest.strip_prefix('{') {
+        rest = r;
+        loop {
+            rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+            if let Some(r) = rest.strip_prefix('}') {
+                rest = r;
+                break;
+            }
+            let eq = rest.find('=')?;
+            let key = rest[..eq].trim();
+            if key.is_empty() {
+                return None;
+            }
+            rest = rest[eq + 1..].trim_start().strip_prefix('"')?;
+            let mut value = String::new();
+            let mut chars = rest.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((key.to_string(), value));
+            rest = &rest[end + 1..];
+        }
+    }
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(PromSample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// A counter series: metric name and labels (sorted by name).
+pub type SeriesKey = (String, Vec<(String, String)>);
+
+/// Successive readings of monotonic counters turned into increases, across restarts of the
+/// process that exports them.
+///
+/// A counter never goes down and never disappears while its process runs, so a reading in
+/// which one did either comes from a new process: every counter then started again from
+/// zero, and its increase is its whole new value. (A restart after which every counter
+/// already exceeds its old value cannot be told from a busy interval; polling once a second
+/// makes that unlikely.) The first reading is the baseline: what was counted before the run
+/// is not the run's.
+#[derive(Debug, Default)]
+pub struct CounterDeltas {
+    last: Option<BTreeMap<SeriesKey, f64>>,
+}
+
+/// What [`CounterDeltas::update`] found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Increase {
+    /// The series that grew, by how much.
+    pub by_series: BTreeMap<SeriesKey, f64>,
+    /// The counters started again from zero since the previous reading.
+    pub reset: bool,
+}
+
+impl CounterDeltas {
+    /// Takes a reading (series → value); what grew since the previous one.
+    pub fn update(&mut self, reading: BTreeMap<SeriesKey, f64>) -> Increase {
+        let Some(last) = self.last.replace(reading) else {
+            return Increase::default();
+        };
+        let now = self.last.as_ref().expect("set just above");
+        let reset = last
+            .iter()
+            .any(|(k, old)| now.get(k).is_none_or(|v| v < old));
+        let by_series = now
+            .iter()
+            .filter_map(|(k, v)| {
+                let grew = if reset {
+                    *v
+                } else {
+                    v - last.get(k).copied().unwrap_or(0.0)
+                };
+                (grew > 0.0).then(|| (k.clone(), grew))
+            })
+            .collect();
+        Increase { by_series, reset }
+    }
+}
+
+/// Sums breaker and chaos figures over the polls of a run.
+#[derive(Debug, Default)]
+struct MetricsAcc {
+    breaker: BreakerData,
+    faults: Option<InjectedFaults>,
+    deltas: CounterDeltas,
+}
+
+impl MetricsAcc {
+    /// One successful poll, sent in second `t` of the run.
+    fn poll(&mut self, t: u32, samples: &[PromSample]) {
+        let b = &mut self.breaker;
+        b.polls += 1;
+        let mut reading = BTreeMap::new();
+        let mut states = Vec::new();
+        for s in samples {
+            match s.name.as_str() {
+                BREAKER_TRANSITIONS | CHAOS_INJECTED => {
+                    let mut labels = s.labels.clone();
+                    labels.sort();
+                    *reading.entry((s.name.clone(), labels)).or_insert(0.0) += s.value;
+                }
+                BREAKER_STATE => states.push(s.value),
+                _ => {}
+            }
+        }
+        if !states.is_empty() || samples.iter().any(|s| s.name == BREAKER_TRANSITIONS) {
+            b.exported = true;
+        }
+        if samples.iter().any(|s| s.name == CHAOS_INJECTED) {
+            self.faults.get_or_insert_default();
+        }
+        let increase = self.deltas.update(reading);
+        b.restarts += u64::from(increase.reset);
+        let mut row = BreakerSecond {
+            t,
+            state: if states.contains(&1.0) {
+                Some("open")
+            } else if states.contains(&2.0) {
+                Some("half_open")
+            } else if states.is_empty() {
+                None
+            } else {
+                Some("closed")
+            },
+            ..BreakerSecond::default()
+        };
+        for ((name, labels), grew) in &increase.by_series {
+            let n = grew.round() as u64;
+            let label = |k: &str| labels.iter().find(|(l, _)| l == k).map(|(_, v)| v.as_str());
+            if name == BREAKER_TRANSITIONS {
+                match label("to") {
+                    Some("open") => row.opened += n,
+                    Some("half_open") => row.half_open += n,
+                    Some("closed") => row.closed += n,
+                    _ => {}
+                }
+            } else if let Some(f) = self.faults.as_mut() {
+                match label("kind") {
+                    Some("error") => f.errors += n,
+                    Some("panic") => f.panics += n,
+                    Some("delay") => f.delays += n,
+                    _ => {}
+                }
+            }
+        }
+        b.opened_total += row.opened;
+        b.half_open_total += row.half_open;
+        b.closed_total += row.closed;
+        if !b.exported {
+            return;
+        }
+        match b.timeline.last_mut() {
+            // Two polls in one second (one delayed, the next on time): one row.
+            Some(last) if last.t == row.t => {
+                last.opened += row.opened;
+                last.half_open += row.half_open;
+                last.closed += row.closed;
+                last.state = row.state.or(last.state);
+            }
+            _ => b.timeline.push(row),
+        }
+    }
+}
+
+/// Polls `m.path` every `m.interval` until `finished`, then once more (so the last partial
+/// second counts). 401/403/404 before any successful poll end the polling with a note: a
+/// protected or missing endpoint stays so.
+fn poll_metrics(
+    m: &MetricsPoll,
+    addr: SocketAddr,
+    timeout: Duration,
+    start: Instant,
+    finished: &AtomicBool,
+) -> (BreakerData, Option<InjectedFaults>) {
+    let headers: Vec<(&str, &str)> = m
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut acc = MetricsAcc::default();
+    let mut last_failure = String::new();
+    let mut next = Instant::now();
+    loop {
+        let last = finished.load(Ordering::Acquire);
+        let sent = Instant::now();
+        let t = u32::try_from(sent.saturating_duration_since(start).as_secs()).unwrap_or(u32::MAX);
+        match crate::http::request(addr, "GET", &m.path, &headers, &[], timeout) {
+            Ok(r) if r.status == 200 => acc.poll(t, &parse_prometheus(&r.text())),
+            Ok(r) if acc.breaker.polls == 0 && matches!(r.status, 401 | 403 | 404) => {
+                acc.breaker.failed_polls += 1;
+                acc.breaker.note = Some(if r.status == 404 {
+                    format!("{} answered 404: no metrics endpoint there", m.path)
+                } else {
+                    format!(
+                        "{} answered {}: the metrics are protected (an admin key samples them)",
+                        m.path, r.status
+                    )
+                });
+                break;
+            }
+            Ok(r) => {
+                acc.breaker.failed_polls += 1;
+                last_failure = format!("status {}", r.status);
+            }
+            Err(e) => {
+                acc.breaker.failed_polls += 1;
+                last_failure = e.to_string();
+            }
+        }
+        if last {
+            break;
+        }
+        next = (next + m.interval).max(Instant::now());
+        while !finished.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            std::thread::sleep((next - now).min(Duration::from_millis(50)));
+        }
+    }
+    let b = &mut acc.breaker;
+    if !b.exported && b.note.is_none() {
+        b.note = Some(if b.polls == 0 {
+            format!("no poll of {} succeeded ({last_failure})", m.path)
+        } else {
+            format!(
+                "{} shows no {BREAKER_TRANSITIONS} or {BREAKER_STATE} series: the server exports no breaker metrics",
+                m.path
+            )
+        });
+    }
+    (acc.breaker, acc.faults)
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters pass through).
@@ -1634,8 +2031,10 @@ mod tests {
     }
 
     /// A keep-alive server answering by path: `/shed` 503 with Retry-After, `/limit` 429
-    /// without, `/bad` 400, `/slow` after 2 s, `/chunked` a chunked degraded 200, else 200.
+    /// without, `/bad` 400, `/slow` after 2 s, `/chunked` a chunked degraded 200, `/metrics`
+    /// breaker and chaos counters that grow by one per poll, `/protected` 401, else 200.
     async fn scripted_server() -> SocketAddr {
+        static METRICS_POLLS: AtomicU64 = AtomicU64::new(0);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -1655,6 +2054,8 @@ mod tests {
                         let line = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end);
                         let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                        let close = line.contains("Connection: close");
+                        let metrics;
                         let resp: &[u8] = match path.as_str() {
                             "/shed" => b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
                             "/limit" => b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
@@ -1664,9 +2065,27 @@ mod tests {
                                 tokio::time::sleep(Duration::from_secs(2)).await;
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                             }
+                            "/metrics" => {
+                                let n = METRICS_POLLS.fetch_add(1, Ordering::Relaxed) + 1;
+                                let body = format!(
+                                    "# TYPE {BREAKER_TRANSITIONS} counter\n\
+                                     {BREAKER_TRANSITIONS}{{breaker=\"search:x\",from=\"closed\",to=\"open\"}} {n}\n\
+                                     {BREAKER_TRANSITIONS}{{breaker=\"search:x\",from=\"half_open\",to=\"closed\"}} {n}\n\
+                                     {BREAKER_STATE}{{breaker=\"search:x\"}} {}\n\
+                                     {CHAOS_INJECTED}{{chaos=\"search\",kind=\"error\"}} {}\n",
+                                    n % 2,
+                                    2 * n
+                                );
+                                metrics = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                metrics.as_bytes()
+                            }
+                            "/protected" => b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
                             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                         };
-                        if s.write_all(resp).await.is_err() {
+                        if s.write_all(resp).await.is_err() || close {
                             return;
                         }
                     }
@@ -1743,6 +2162,11 @@ mod tests {
                 name: "mark".into(),
                 action: Box::new(|| Ok("done".into())),
             }],
+            metrics: Some(MetricsPoll {
+                path: "/metrics".into(),
+                headers: Vec::new(),
+                interval: Duration::from_millis(100),
+            }),
         };
         let data = run_plan(plan).await.unwrap();
         let mixed = &data.workloads[0].counts;
@@ -1774,5 +2198,198 @@ mod tests {
         let sum = data.seconds_between(0, data.series.len());
         assert!(sum.total() >= data.totals.requests);
         assert!(data.ok_latency_between(0, data.series.len()).count >= data.totals.ok);
+        // Every poll after the first (the baseline) adds one opening and one closing, and
+        // two injected errors.
+        let b = data.breaker.as_ref().unwrap();
+        assert!(b.exported && b.note.is_none() && b.polls >= 3, "{b:?}");
+        assert_eq!(b.failed_polls, 0, "{b:?}");
+        assert_eq!(b.opened_total, b.polls - 1, "{b:?}");
+        assert_eq!(b.closed_total, b.polls - 1, "{b:?}");
+        assert_eq!(b.half_open_total, 0);
+        assert_eq!(
+            data.injected_faults.as_ref().unwrap().errors,
+            2 * (b.polls - 1)
+        );
+        let rows: u64 = b.timeline.iter().map(|r| r.opened).sum();
+        assert_eq!(rows, b.opened_total);
+        assert!(b.timeline.windows(2).all(|w| w[0].t < w[1].t), "{b:?}");
+        assert!(b.timeline.iter().all(|r| r.state.is_some()), "{b:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn protected_or_missing_metrics_are_a_note_not_a_failure() {
+        let addr = scripted_server().await;
+        let host = addr.to_string();
+        for (path, expect) in [
+            ("/protected", "answered 401"),
+            ("/a", "no ironsift_breaker"),
+        ] {
+            let plan = Plan {
+                addr,
+                workloads: vec![Workload {
+                    name: "w".into(),
+                    requests: Arc::new(vec![Request::get(&host, "/a", &[])]),
+                    phases: vec![closed_phase(Duration::from_millis(300))],
+                }],
+                timeout: Duration::from_secs(1),
+                probe: None,
+                probe_interval: Duration::from_millis(100),
+                rss_pid: None,
+                hooks: Vec::new(),
+                metrics: Some(MetricsPoll {
+                    path: path.into(),
+                    headers: vec![("Authorization".into(), "Bearer k".into())],
+                    interval: Duration::from_millis(100),
+                }),
+            };
+            let data = run_plan(plan).await.unwrap();
+            assert!(data.totals.ok > 0);
+            let b = data.breaker.unwrap();
+            assert!(!b.exported && b.timeline.is_empty(), "{b:?}");
+            assert!(b.note.as_deref().unwrap().contains(expect), "{b:?}");
+            assert_eq!(data.injected_faults, None);
+        }
+    }
+
+    fn closed_phase(duration: Duration) -> Phase {
+        Phase {
+            name: "p".into(),
+            mode: Mode::Closed {
+                from: 2,
+                users: 2,
+                ramp: Duration::ZERO,
+                per_user: None,
+            },
+            duration,
+            warmup: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn prometheus_text_parses() {
+        let text = r#"
+# HELP ironsift_breaker_transitions_total Circuit breaker state changes.
+# TYPE ironsift_breaker_transitions_total counter
+ironsift_breaker_transitions_total{breaker="search:default",from="closed",to="open"} 3
+ironsift_breaker_transitions_total{breaker="search:a \"b\" \\ c,d}\nx",from="open",to="half_open"} 2 1700000000000
+ironsift_breaker_state{breaker="search:default"} 1
+ironsift_uptime_seconds 12.5
+ironsift_search_seconds_bucket{le="+Inf"} +Inf
+odd{breaker="unterminated} 1
+{to="open"} 1
+no_value{a="b"}
+label_without_quotes{a=b} 1
+"#;
+        let s = parse_prometheus(text);
+        assert_eq!(s.len(), 5, "{s:?}");
+        assert_eq!(s[0].name, BREAKER_TRANSITIONS);
+        assert_eq!(s[0].label("to"), Some("open"));
+        assert_eq!(s[0].label("breaker"), Some("search:default"));
+        assert_eq!(s[0].value, 3.0);
+        assert_eq!(s[1].label("breaker"), Some("search:a \"b\" \\ c,d}\nx"));
+        assert_eq!(s[1].label("to"), Some("half_open"));
+        assert_eq!(s[1].value, 2.0);
+        assert_eq!((s[2].name.as_str(), s[2].value), (BREAKER_STATE, 1.0));
+        assert_eq!((s[3].labels.len(), s[3].value), (0, 12.5));
+        assert_eq!(s[4].value, f64::INFINITY);
+        assert_eq!(s[4].label("missing"), None);
+    }
+
+    fn reading(pairs: &[(&str, f64)]) -> BTreeMap<SeriesKey, f64> {
+        pairs
+            .iter()
+            .map(|(to, v)| {
+                (
+                    (
+                        BREAKER_TRANSITIONS.to_string(),
+                        vec![("to".to_string(), to.to_string())],
+                    ),
+                    *v,
+                )
+            })
+            .collect()
+    }
+
+    fn grew(i: &Increase, to: &str) -> f64 {
+        i.by_series
+            .iter()
+            .find(|((_, l), _)| l[0].1 == to)
+            .map_or(0.0, |(_, v)| *v)
+    }
+
+    #[test]
+    fn counter_increases_survive_restarts() {
+        let mut d = CounterDeltas::default();
+        // The first reading is the baseline: counted before the run, not by it.
+        assert_eq!(d.update(reading(&[("open", 5.0)])), Increase::default());
+        let i = d.update(reading(&[("open", 7.0), ("closed", 1.0)]));
+        assert!(!i.reset);
+        assert_eq!((grew(&i, "open"), grew(&i, "closed")), (2.0, 1.0));
+        // Unchanged: nothing grew.
+        let i = d.update(reading(&[("open", 7.0), ("closed", 1.0)]));
+        assert!(!i.reset && i.by_series.is_empty());
+        // A decrease: the server restarted, every counter counts from zero again.
+        let i = d.update(reading(&[("open", 2.0), ("closed", 3.0)]));
+        assert!(i.reset);
+        assert_eq!((grew(&i, "open"), grew(&i, "closed")), (2.0, 3.0));
+        // A vanished series is a restart too, even when the others went up.
+        let i = d.update(reading(&[("open", 4.0)]));
+        assert!(i.reset);
+        assert_eq!((grew(&i, "open"), grew(&i, "closed")), (4.0, 0.0));
+        // A new series in the same process counts from zero.
+        let i = d.update(reading(&[("open", 4.0), ("half_open", 2.0)]));
+        assert!(!i.reset);
+        assert_eq!((grew(&i, "open"), grew(&i, "half_open")), (0.0, 2.0));
+    }
+
+    #[test]
+    fn polls_sum_transitions_by_target_state() {
+        let text = |open: u32, half: u32, closed: u32, state: u32, errors: u32| {
+            format!(
+                "{BREAKER_TRANSITIONS}{{breaker=\"a\",from=\"closed\",to=\"open\"}} {open}\n\
+                 {BREAKER_TRANSITIONS}{{breaker=\"a\",from=\"half_open\",to=\"open\"}} {open}\n\
+                 {BREAKER_TRANSITIONS}{{breaker=\"a\",from=\"open\",to=\"half_open\"}} {half}\n\
+                 {BREAKER_TRANSITIONS}{{breaker=\"a\",from=\"half_open\",to=\"closed\"}} {closed}\n\
+                 {BREAKER_STATE}{{breaker=\"a\"}} {state}\n\
+                 {BREAKER_STATE}{{breaker=\"b\"}} 0\n\
+                 {CHAOS_INJECTED}{{chaos=\"s\",kind=\"error\"}} {errors}\n\
+                 {CHAOS_INJECTED}{{chaos=\"s\",kind=\"delay\"}} {}\n",
+                errors * 10
+            )
+        };
+        let mut acc = MetricsAcc::default();
+        acc.poll(0, &parse_prometheus(&text(1, 0, 0, 1, 5)));
+        acc.poll(1, &parse_prometheus(&text(3, 2, 1, 2, 9)));
+        // A second poll in the same second merges into its row.
+        acc.poll(1, &parse_prometheus(&text(3, 2, 2, 0, 10)));
+        // The server restarted (counters lower) and its breaker opened once since.
+        acc.poll(4, &parse_prometheus(&text(1, 0, 0, 1, 2)));
+        // A poll without any breaker series (before the first search after a restart) is
+        // still a row: the server exports breaker metrics, it just has none yet.
+        acc.poll(5, &parse_prometheus("ironsift_up 1\n"));
+        let b = &acc.breaker;
+        assert!(b.exported);
+        assert_eq!((b.polls, b.restarts), (5, 2));
+        // to="open" counts both from= series: (3+3)-(1+1) = 4, then 1+1 after the restart.
+        assert_eq!(
+            (b.opened_total, b.half_open_total, b.closed_total),
+            (6, 2, 2)
+        );
+        let t: Vec<_> = b
+            .timeline
+            .iter()
+            .map(|r| (r.t, r.opened, r.half_open, r.closed, r.state))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                (0, 0, 0, 0, Some("open")),
+                (1, 4, 2, 2, Some("closed")),
+                (4, 2, 0, 0, Some("open")),
+                (5, 0, 0, 0, None),
+            ]
+        );
+        let f = acc.faults.as_ref().unwrap();
+        assert_eq!((f.errors, f.delays, f.panics), (5 + 2, 50 + 20, 0));
     }
 }

@@ -1,9 +1,10 @@
 //! Load-run reports: the model serialized as JSON, and a self-contained HTML page.
 //!
 //! The HTML has no external scripts, styles or fonts: charts are inline SVG (throughput by
-//! outcome, 2xx latency percentiles on a log scale, error and shed rates, users/in-flight and
-//! memory over time, with phases shaded and events such as a SIGKILL marked), so the file can
-//! be mailed, attached to CI runs or opened offline. Hovering a second shows its figures (SVG
+//! outcome, 2xx latency percentiles on a log scale, error, shed and degraded rates, the
+//! server's circuit breaker transitions, users/in-flight and memory over time, with phases
+//! shaded and events such as a SIGKILL marked), so the file can be mailed, attached to CI runs
+//! or opened offline. Hovering a second shows its figures (SVG
 //! `<title>` tooltips, no JavaScript).
 
 use std::fmt::Write as _;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::load::{Latency, RunData, Second};
+use crate::load::{BreakerData, BreakerSecond, InjectedFaults, Latency, RunData, Second};
 
 /// Identifies the JSON layout; bumped when a field changes meaning.
 pub const SCHEMA: &str = "ironsift-load-report/1";
@@ -202,6 +203,11 @@ const C_FLIGHT: &str = "#8f5bd6";
 const C_RATE: &str = "#22a06b";
 const C_RSS: &str = "#e2a60f";
 const C_ANON: &str = "#d6336c";
+const C_OPENED: &str = "#e34935";
+const C_CLOSED: &str = "#22a06b";
+const C_OPEN_STATE: &str = "#f4b8b0";
+const C_OPENED_SUM: &str = "#a61e4d";
+const C_CLOSED_SUM: &str = "#1f845a";
 
 // ------------------------------------------------------------------------------------------
 // SVG charts
@@ -219,6 +225,10 @@ enum Kind {
     Area,
     Line,
     Dots,
+    /// A full-height shade over each second with a value above zero (e.g. a state).
+    Band,
+    /// A bar per second, side by side with the other column series (small counts).
+    Columns,
 }
 
 struct Series<'a> {
@@ -325,7 +335,7 @@ fn render_chart(svg: &mut String, frame: &Frame<'_>, chart: &Chart<'_>, tips: &[
             .iter()
             .filter(|s| s.right == right)
             .map(|s| match s.kind {
-                Kind::Area => 0.0,
+                Kind::Area | Kind::Band => 0.0,
                 _ => s.values.iter().flatten().copied().fold(0.0, f64::max),
             })
             .fold(0.0, f64::max)
@@ -436,6 +446,45 @@ fn render_chart(svg: &mut String, frame: &Frame<'_>, chart: &Chart<'_>, tips: &[
         );
         t += step;
     }
+    // Bands, behind everything drawn on them.
+    for s in chart.series.iter().filter(|s| matches!(s.kind, Kind::Band)) {
+        for (i, v) in s.values.iter().enumerate().take(n) {
+            if v.is_some_and(|v| v > 0.0) {
+                let x0 = frame.x(i as f64);
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{x0:.1}" y="{MT}" width="{:.2}" height="{:.1}" fill="{}" fill-opacity="0.45"/>"#,
+                    frame.x(i as f64 + 1.0) - x0,
+                    H - MT - MB,
+                    s.color
+                );
+            }
+        }
+    }
+    // Columns: the second's width shared by the column series.
+    let columns: Vec<&Series<'_>> = chart
+        .series
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Columns))
+        .collect();
+    for (j, s) in columns.iter().enumerate() {
+        let y = |v: f64| if s.right { yr(v) } else { yl(v) };
+        for (i, v) in s.values.iter().enumerate().take(n) {
+            if let Some(v) = v.filter(|v| *v > 0.0) {
+                let (x0, x1) = (frame.x(i as f64), frame.x(i as f64 + 1.0));
+                let w = (x1 - x0) * 0.8 / columns.len() as f64;
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{:.2}" height="{:.1}" fill="{}"/>"#,
+                    x0 + (x1 - x0) * 0.1 + w * j as f64,
+                    y(v),
+                    w,
+                    (H - MB - y(v)).max(0.0),
+                    s.color
+                );
+            }
+        }
+    }
     // Stacked areas: each point is the middle of its second.
     let mut base = vec![0.0f64; n];
     for s in chart.series.iter().filter(|s| matches!(s.kind, Kind::Area)) {
@@ -464,7 +513,7 @@ fn render_chart(svg: &mut String, frame: &Frame<'_>, chart: &Chart<'_>, tips: &[
     for s in &chart.series {
         let y = |v: f64| if s.right { yr(v) } else { yl(v) };
         match s.kind {
-            Kind::Area => {}
+            Kind::Area | Kind::Band | Kind::Columns => {}
             Kind::Line => {
                 let mut d = String::new();
                 let mut pen = false;
@@ -532,7 +581,7 @@ fn render_chart(svg: &mut String, frame: &Frame<'_>, chart: &Chart<'_>, tips: &[
             continue;
         }
         let swatch = match s.kind {
-            Kind::Area => "sw-area",
+            Kind::Area | Kind::Band | Kind::Columns => "sw-area",
             Kind::Line => "sw-line",
             Kind::Dots => "sw-dot",
         };
@@ -616,7 +665,7 @@ tr:last-child td{border-bottom:none}
 .legend i{display:inline-block;vertical-align:middle;margin-right:6px;border-radius:2px}
 .sw-area{width:14px;height:10px}.sw-line{width:16px;height:3px}.sw-dot{width:7px;height:7px;border-radius:50%!important}
 .dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:6px;vertical-align:middle}
-.muted{color:var(--muted)}ul.notes{margin:0;padding-left:18px}ul.notes li{margin:4px 0}
+.summary{margin:0 0 10px}.muted{color:var(--muted)}ul.notes{margin:0;padding-left:18px}ul.notes li{margin:4px 0}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:16px}.cols section{margin:0}
 code{background:#f1f2f4;border-radius:4px;padding:1px 5px;font-size:12.5px}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:26px}
@@ -674,6 +723,155 @@ fn latency_row(out: &mut String, name: &str, color: &str, l: &Latency) {
         fmt_us(l.p999_us),
         fmt_us(l.max_us)
     );
+}
+
+/// One line on the server's circuit breakers during the run, e.g. "breaker opened 12 times,
+/// closed 11 times (half-open 14 times) · 61 polls of the server's metrics, 3 failed (gaps)".
+pub fn breaker_summary(b: &BreakerData, faults: Option<&InjectedFaults>) -> String {
+    if !b.exported {
+        return format!(
+            "no breaker figures: {}",
+            b.note
+                .as_deref()
+                .unwrap_or("the server exports no breaker metrics")
+        );
+    }
+    let mut line = format!(
+        "breaker opened {} times, closed {} times (half-open {} times) · {} polls of the server's metrics",
+        thousands(b.opened_total),
+        thousands(b.closed_total),
+        thousands(b.half_open_total),
+        thousands(b.polls)
+    );
+    if b.failed_polls > 0 {
+        let _ = write!(line, ", {} failed (gaps)", thousands(b.failed_polls));
+    }
+    if b.restarts > 0 {
+        let _ = write!(line, " · counters restarted {} time(s)", b.restarts);
+    }
+    if let Some(f) = faults {
+        let _ = write!(
+            line,
+            " · chaos layer injected {} errors, {} delays",
+            thousands(f.errors),
+            thousands(f.delays)
+        );
+        if f.panics > 0 {
+            let _ = write!(line, ", {} panics", thousands(f.panics));
+        }
+    }
+    line
+}
+
+/// The circuit breaker section: the summary line and, when the server exported its breaker
+/// metrics, the transitions per second polled from them, with the sampled state shaded.
+fn breaker_section(
+    o: &mut String,
+    frame: &Frame<'_>,
+    b: &BreakerData,
+    faults: Option<&InjectedFaults>,
+    tips: &[String],
+) {
+    o.push_str(
+        r#"<section><h2>Circuit breaker (transitions per second, from the server's metrics)</h2>"#,
+    );
+    let _ = write!(
+        o,
+        r#"<p class="summary">{}</p>"#,
+        esc(&breaker_summary(b, faults))
+    );
+    let n = frame.seconds;
+    if !b.exported || n == 0 {
+        o.push_str("</section>");
+        return;
+    }
+    // A second without a successful poll stays `None`: a gap in the lines. The final poll
+    // comes after the last second of the series; it is drawn in that second.
+    let mut rows: Vec<Option<BreakerSecond>> = vec![None; n];
+    for r in &b.timeline {
+        let i = (r.t as usize).min(n - 1);
+        let row = rows[i].get_or_insert_with(BreakerSecond::default);
+        row.opened += r.opened;
+        row.half_open += r.half_open;
+        row.closed += r.closed;
+        row.state = r.state.or(row.state);
+    }
+    let values = |f: &dyn Fn(&BreakerSecond) -> f64| -> Vec<Option<f64>> {
+        rows.iter().map(|r| r.as_ref().map(f)).collect()
+    };
+    // Running totals, carried over the gaps.
+    let running = |f: &dyn Fn(&BreakerSecond) -> u64| -> Vec<Option<f64>> {
+        let mut sum = 0;
+        rows.iter()
+            .map(|r| {
+                sum += r.as_ref().map_or(0, f);
+                Some(sum as f64)
+            })
+            .collect()
+    };
+    let tips: Vec<String> = tips
+        .iter()
+        .zip(&rows)
+        .map(|(tip, r)| match r {
+            Some(r) => format!(
+                "{tip}\nbreaker: opened {} · half-open {} · closed {}{}",
+                r.opened,
+                r.half_open,
+                r.closed,
+                r.state.map(|s| format!(" · state {s}")).unwrap_or_default()
+            ),
+            None => format!("{tip}\nbreaker: no poll this second"),
+        })
+        .collect();
+    render_chart(
+        o,
+        frame,
+        &Chart {
+            series: vec![
+                Series {
+                    name: "open (sampled state)",
+                    color: C_OPEN_STATE,
+                    kind: Kind::Band,
+                    values: values(&|r| f64::from(u8::from(r.state == Some("open")))),
+                    right: false,
+                },
+                Series {
+                    name: "opened",
+                    color: C_OPENED,
+                    kind: Kind::Columns,
+                    values: values(&|r| r.opened as f64),
+                    right: false,
+                },
+                Series {
+                    name: "closed",
+                    color: C_CLOSED,
+                    kind: Kind::Columns,
+                    values: values(&|r| r.closed as f64),
+                    right: false,
+                },
+                Series {
+                    name: "opened so far (right)",
+                    color: C_OPENED_SUM,
+                    kind: Kind::Line,
+                    values: running(&|r| r.opened),
+                    right: true,
+                },
+                Series {
+                    name: "closed so far (right)",
+                    color: C_CLOSED_SUM,
+                    kind: Kind::Line,
+                    values: running(&|r| r.closed),
+                    right: true,
+                },
+            ],
+            log_us: false,
+            left_label: "transitions / s",
+            right_label: "since the start",
+            left_max: None,
+        },
+        &tips,
+    );
+    o.push_str("</section>");
 }
 
 /// The report as one self-contained HTML page.
@@ -734,6 +932,18 @@ pub fn html(r: &Report) -> String {
     );
     card(&mut o, "errors", &thousands(t.errors), None);
     card(&mut o, "timeouts", &thousands(t.timeouts), None);
+    if let Some(b) = run.breaker.as_ref().filter(|b| b.exported) {
+        card(
+            &mut o,
+            "breaker",
+            &format!(
+                r#"{} / {}<small class="sub">opened / closed</small>"#,
+                thousands(b.opened_total),
+                thousands(b.closed_total)
+            ),
+            None,
+        );
+    }
     card(&mut o, "p50 (2xx)", &fmt_us(run.latency.ok.p50_us), None);
     card(&mut o, "p99 (2xx)", &fmt_us(run.latency.ok.p99_us), None);
     o.push_str("</div>");
@@ -946,6 +1156,10 @@ pub fn html(r: &Report) -> String {
         &tips,
     );
     o.push_str("</section>");
+
+    if let Some(b) = &run.breaker {
+        breaker_section(&mut o, &frame, b, run.injected_faults.as_ref(), &tips);
+    }
 
     let has_rss = run.series.iter().any(|s| s.rss_kib.is_some());
     o.push_str(if has_rss {
@@ -1181,5 +1395,105 @@ mod tests {
         assert_eq!(axis(50.0), (50.0, 10.0));
         assert_eq!(axis(0.0).0, axis(0.0).1);
         assert_eq!(esc("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+    }
+
+    fn report(run: RunData) -> Report {
+        Report {
+            schema: SCHEMA,
+            scenario: "chaos".into(),
+            description: String::new(),
+            quick: true,
+            url: "http://127.0.0.1:1".into(),
+            index: "default".into(),
+            started_unix_s: 0,
+            started_at: iso8601(0),
+            settings: Vec::new(),
+            pass: true,
+            bars: Vec::new(),
+            findings: Vec::new(),
+            notes: Vec::new(),
+            run,
+        }
+    }
+
+    #[test]
+    fn breaker_chart_and_summary() {
+        let series: Vec<Second> = (0..4)
+            .map(|t| Second {
+                t,
+                ok: 10,
+                ..Second::default()
+            })
+            .collect();
+        let breaker = BreakerData {
+            exported: true,
+            polls: 4,
+            failed_polls: 1,
+            restarts: 1,
+            opened_total: 3,
+            half_open_total: 2,
+            closed_total: 2,
+            timeline: vec![
+                BreakerSecond {
+                    t: 0,
+                    state: Some("closed"),
+                    ..BreakerSecond::default()
+                },
+                BreakerSecond {
+                    t: 1,
+                    opened: 2,
+                    half_open: 2,
+                    closed: 2,
+                    state: Some("open"),
+                },
+                // The final poll, after the last second of the series.
+                BreakerSecond {
+                    t: 4,
+                    opened: 1,
+                    state: Some("open"),
+                    ..BreakerSecond::default()
+                },
+            ],
+            ..BreakerData::default()
+        };
+        let faults = InjectedFaults {
+            errors: 40,
+            panics: 0,
+            delays: 400,
+        };
+        assert_eq!(
+            breaker_summary(&breaker, Some(&faults)),
+            "breaker opened 3 times, closed 2 times (half-open 2 times) · 4 polls of the server's metrics, 1 failed (gaps) · counters restarted 1 time(s) · chaos layer injected 40 errors, 400 delays"
+        );
+        let mut run = RunData::default();
+        run.series = series.clone();
+        run.breaker = Some(breaker);
+        run.injected_faults = Some(faults);
+        let page = html(&report(run));
+        assert!(page.contains("Circuit breaker (transitions per second"));
+        assert!(page.contains("breaker opened 3 times, closed 2 times"));
+        assert!(page.contains("breaker: opened 2 · half-open 2 · closed 2 · state open"));
+        // The final poll lands in the last second; second 2 had no poll.
+        assert!(page.contains("breaker: opened 1 · half-open 0 · closed 0 · state open"));
+        assert!(page.contains("breaker: no poll this second"));
+        assert!(page.contains("open (sampled state)"));
+        assert!(page.contains(C_OPEN_STATE));
+        let mut run = RunData::default();
+        run.breaker = Some(BreakerData::default());
+        let json = serde_json::to_value(report(run)).unwrap();
+        assert_eq!(json["breaker"]["opened_total"], 0);
+        assert!(json["breaker"]["timeline"].is_array());
+
+        // A server without breaker metrics: a line saying so, no chart.
+        let mut run = RunData::default();
+        run.series = series;
+        run.breaker = Some(BreakerData {
+            note: Some("/metrics answered 401: the metrics are protected".into()),
+            failed_polls: 1,
+            ..BreakerData::default()
+        });
+        let page = html(&report(run));
+        assert!(page.contains("no breaker figures: /metrics answered 401"));
+        assert!(!page.contains("open (sampled state)"));
     }
 }
