@@ -21,14 +21,15 @@
 //! run of each and restarts with 25,000 documents.
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::http::request as http;
 use crate::json::{self, Json};
 use crate::summary::{self, Target, Unit};
 use crate::{Result, bench, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
@@ -99,65 +100,6 @@ fn parse_args(args: &[String]) -> Result<(PathBuf, Settings)> {
     settings.runs = runs.unwrap_or(settings.runs);
     settings.restart_docs = restart_docs.unwrap_or(settings.restart_docs);
     Ok((opts.data, settings))
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client (one request per connection).
-
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-    timeout: Duration,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_nodelay(true)?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: \
-         {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("response without a header end"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 fn number_in(body: &str, key: &str) -> Option<f64> {
@@ -1245,10 +1187,5 @@ mod tests {
             assert!((1300..1800).contains(&l.len()), "{}", l.len());
         }
         assert!(lines[7].starts_with("{\"id\":\"g7\""));
-    }
-
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
     }
 }

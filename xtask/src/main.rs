@@ -12,6 +12,7 @@ mod corpus;
 mod crash;
 mod fuzz;
 mod golden;
+mod http;
 mod json;
 mod report;
 mod soak;

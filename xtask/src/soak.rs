@@ -23,8 +23,8 @@
 //! those and fails on a descriptor leaked per cycle or per snapshot.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,9 +83,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     Ok(opts)
 }
 
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client (one request per connection, like the other xtask commands).
-
+/// One request with this command's timeout (see [`crate::http::request`]).
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -93,53 +91,7 @@ fn http(
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    s.set_nodelay(true)?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: \
-         {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    s.write_all(&out)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("response without a header end"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    crate::http::request(addr, method, path, content_type, body, TIMEOUT)
 }
 
 /// Percent-encodes a query-string value.
