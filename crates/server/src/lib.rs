@@ -5,7 +5,9 @@
 //! body limits, panic isolation, and the serve loop with graceful shutdown ([`run`]).
 //!
 //! **Invariant:** index work never runs on the async threads: handlers hand it to the blocking
-//! pool, so `/livez` and `/readyz` stay fast while searches and writes run.
+//! pool, and `/livez`, `/readyz` and `/metrics` are answered by a front door on a thread of its
+//! own, so probes stay fast while searches and writes run and even while the async workers are
+//! flooded with requests being shed.
 #![warn(missing_docs, unreachable_pub)]
 
 mod admission;
@@ -64,7 +66,7 @@ pub async fn run(
 
     let (close_tx, close_rx) = watch::channel(false);
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-    let listener = listener::DrainingListener::new(listener, close_rx, closed_tx)?;
+    let listener = listener::start(listener, app.clone(), close_rx, closed_tx)?;
     let mut signals = shutdown.clone();
     let st = state.clone();
     let drain_delay = state.0.config.drain_delay;
