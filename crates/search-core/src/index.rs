@@ -1,5 +1,6 @@
 //! One open index: its Tantivy handles, the lazily opened writer, stats and document operations.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -130,10 +131,12 @@ struct OpenWriter {
 }
 
 /// One write, converted and ready to log and apply.
-enum Prepared {
+enum Prepared<'a> {
     Upsert {
         id: String,
-        json: Vec<u8>,
+        /// The object as JSON text, for the write-ahead log: borrowed from the request body
+        /// when it came as an NDJSON line.
+        json: Cow<'a, [u8]>,
         doc: TantivyDocument,
     },
     Delete {
@@ -546,17 +549,22 @@ impl SearchIndex {
     /// Logs `ops` (one write, one fsync shared with concurrent writers under
     /// [`Durability::Request`]) and applies them to the writer, in the same order under the
     /// writer lock. Returns once they are as durable as the configuration promises.
-    fn apply(&self, ops: Vec<Prepared>) -> Result<()> {
+    /// Logs `ops` (not yet durably: see [`SearchIndex::settle`]) and hands them to the writer.
+    /// Returns the log position to wait for before acknowledging them.
+    fn apply(&self, ops: Vec<Prepared<'_>>) -> Result<Logged> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let synced = self.with_open(|ow| {
+        self.with_open(|ow| {
             let ticket = match &ow.wal {
                 Some(wal) => {
                     let logged: Vec<WalOp<'_>> = ops
                         .iter()
                         .map(|op| match op {
-                            Prepared::Upsert { id, json, .. } => WalOp::Upsert { id, json },
+                            Prepared::Upsert { id, json, .. } => WalOp::Upsert {
+                                id,
+                                json: &json[..],
+                            },
                             Prepared::Delete { id } => WalOp::Delete { id },
                         })
                         .collect();
@@ -580,8 +588,14 @@ impl SearchIndex {
                 }
             }
             Ok(ticket)
-        })?;
-        if let (Some((wal, ticket)), Durability::Request) = (synced, self.config.durability) {
+        })
+    }
+
+    /// Waits until what [`SearchIndex::apply`] logged is on disk when writes are acknowledged
+    /// per request (with `async` durability the log is synced at commits). A sync covers every
+    /// earlier record too, so a batch applied in parts settles its last part only.
+    fn settle(&self, logged: Logged) -> Result<()> {
+        if let (Some((wal, ticket)), Durability::Request) = (logged, self.config.durability) {
             wal.sync_to(ticket)?;
         }
         Ok(())
@@ -589,10 +603,12 @@ impl SearchIndex {
 
     /// Converts a JSON object for logging and indexing. `raw` is its text when the caller has
     /// it (an NDJSON line), saving a serialization.
-    fn prepare_upsert(&self, doc: Value, raw: Option<&[u8]>) -> Result<Prepared> {
+    fn prepare_upsert<'a>(&self, doc: Value, raw: Option<Cow<'a, [u8]>>) -> Result<Prepared<'a>> {
         let json = match raw {
-            Some(r) => r.to_vec(),
-            None => serde_json::to_vec(&doc).map_err(|e| CoreError::invalid_doc(e.to_string()))?,
+            Some(r) => r,
+            None => Cow::Owned(
+                serde_json::to_vec(&doc).map_err(|e| CoreError::invalid_doc(e.to_string()))?,
+            ),
         };
         let (id, doc) = self.json_to_doc(doc, None)?;
         Ok(Prepared::Upsert { id, json, doc })
@@ -712,7 +728,8 @@ impl SearchIndex {
             unreachable!("prepare_upsert returns an upsert")
         };
         let id = id.clone();
-        self.apply(vec![op])?;
+        let logged = self.apply(vec![op])?;
+        self.settle(logged)?;
         Ok(id)
     }
 
@@ -720,90 +737,51 @@ impl SearchIndex {
     /// 1-based number and the rest are written, logged together with one shared fsync.
     pub fn upsert_many(&self, docs: Vec<Value>) -> Result<IngestReport> {
         self.require_kind(IndexKind::Documents)?;
-        let mut report = IngestReport::default();
-        let mut ops = Vec::new();
-        let mut bytes = 0usize;
+        let mut batch = Batch::new(self);
         for (i, doc) in docs.into_iter().enumerate() {
-            match self.prepare_upsert(doc, None) {
-                Ok(op) => {
-                    if let Prepared::Upsert { json, .. } = &op {
-                        bytes += json.len();
-                    }
-                    ops.push(op);
-                }
-                Err(
-                    e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. }),
-                ) => {
-                    report.failed += 1;
-                    report.errors.push(LineError {
-                        line: i as u64 + 1,
-                        reason: e.to_string(),
-                    });
-                }
-                Err(other) => return Err(other),
-            }
-            if ops.len() >= BATCH_DOCS || bytes >= BATCH_BYTES {
-                report.indexed += ops.len() as u64;
-                self.apply(std::mem::take(&mut ops))?;
-                bytes = 0;
-            }
+            let op = self.prepare_upsert(doc, None);
+            batch.push(i as u64 + 1, op)?;
         }
-        report.indexed += ops.len() as u64;
-        self.apply(ops)?;
-        Ok(report)
+        batch.finish()
     }
 
     /// Reads JSON lines, upserting each object. A bad line is recorded with its number and
     /// reason and the rest go on; blank lines are ignored. I/O errors on the reader stop the
-    /// batch (what was read before stays added).
+    /// batch (what was read before stays added). Writes are logged and handed to the index in
+    /// parts of about a megabyte as they are read, with one fsync at the end.
     pub fn ingest_ndjson(&self, input: impl BufRead) -> Result<IngestReport> {
         self.require_kind(IndexKind::Documents)?;
-        let mut report = IngestReport::default();
-        let mut ops = Vec::new();
-        let mut bytes = 0usize;
+        let mut batch = Batch::new(self);
         for (i, line) in input.split(b'\n').enumerate() {
-            let line_no = i as u64 + 1;
             let line = line.map_err(|e| CoreError::io("<input>", e))?;
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
-            }
-            let parsed: Result<Value> = serde_json::from_str(text).map_err(|e| {
-                CoreError::invalid_doc(format!("malformed JSON at column {}: {e}", e.column()))
-            });
-            match parsed.and_then(|v| self.prepare_upsert(v, Some(text.as_bytes()))) {
-                Ok(op) => {
-                    bytes += text.len();
-                    ops.push(op);
-                    if ops.len() >= BATCH_DOCS || bytes >= BATCH_BYTES {
-                        report.indexed += ops.len() as u64;
-                        self.apply(std::mem::take(&mut ops))?;
-                        bytes = 0;
-                    }
-                }
-                Err(
-                    e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. }),
-                ) => {
-                    report.failed += 1;
-                    report.errors.push(LineError {
-                        line: line_no,
-                        reason: e.to_string(),
-                    });
-                }
-                Err(other) => return Err(other),
-            }
+            batch.line(i as u64 + 1, Cow::Owned(line))?;
         }
-        report.indexed += ops.len() as u64;
-        self.apply(ops)?;
-        Ok(report)
+        batch.finish()
+    }
+
+    /// [`SearchIndex::ingest_ndjson`] over text already in memory (e.g. a request body): the
+    /// lines are logged from where they are, without a copy per line.
+    pub fn ingest_ndjson_bytes(&self, input: &[u8]) -> Result<IngestReport> {
+        self.require_kind(IndexKind::Documents)?;
+        let mut batch = Batch::new(self);
+        let mut start = 0;
+        let mut line_no = 0;
+        for end in memchr::memchr_iter(b'\n', input).chain(std::iter::once(input.len())) {
+            line_no += 1;
+            if start <= end {
+                batch.line(line_no, Cow::Borrowed(&input[start..end]))?;
+            }
+            start = end + 1;
+        }
+        batch.finish()
     }
 
     /// Deletes the document with this id. Returns whether it existed in the committed view.
     pub fn delete(&self, id: &str) -> Result<bool> {
         self.require_kind(IndexKind::Documents)?;
         let existed = self.get(id)?.is_some();
-        self.apply(vec![Prepared::Delete { id: id.to_string() }])?;
+        let logged = self.apply(vec![Prepared::Delete { id: id.to_string() }])?;
+        self.settle(logged)?;
         Ok(existed)
     }
 
@@ -965,8 +943,104 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// Writes logged and applied together by batch operations (one log write, one fsync).
-const BATCH_DOCS: usize = 2_000;
-const BATCH_BYTES: usize = 8 << 20;
+/// A batch is logged and handed to the writer in parts of at most this many documents or
+/// bytes, as it is read: the indexing threads start on the first part while the rest is parsed.
+const BATCH_DOCS: usize = 1_000;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A position in the write-ahead log to sync before acknowledging (`None`: nothing logged).
+type Logged = Option<(Arc<Wal>, crate::wal::Ticket)>;
+
+/// A batch of upserts being read: bad documents are reported, good ones logged and applied in
+/// parts ([`BATCH_DOCS`], [`BATCH_BYTES`]), and the log synced once at the end.
+struct Batch<'i, 'a> {
+    index: &'i SearchIndex,
+    report: IngestReport,
+    ops: Vec<Prepared<'a>>,
+    bytes: usize,
+    logged: Logged,
+}
+
+impl<'i, 'a> Batch<'i, 'a> {
+    fn new(index: &'i SearchIndex) -> Self {
+        Batch {
+            index,
+            report: IngestReport::default(),
+            ops: Vec::new(),
+            bytes: 0,
+            logged: None,
+        }
+    }
+
+    /// One NDJSON line (its number is 1-based); blank lines are skipped. The line is parsed as
+    /// bytes: serde_json checks the UTF-8 of its strings, so no separate pass is needed.
+    fn line(&mut self, line_no: u64, line: Cow<'a, [u8]>) -> Result<()> {
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let range = {
+            let start = text.as_ptr() as usize - line.as_ptr() as usize;
+            start..start + text.len()
+        };
+        let parsed: Result<Value> = serde_json::from_slice(text).map_err(|e| {
+            CoreError::invalid_doc(format!("malformed JSON at column {}: {e}", e.column()))
+        });
+        let raw = match line {
+            Cow::Borrowed(l) => Cow::Borrowed(&l[range]),
+            Cow::Owned(mut l) if range.start == 0 => {
+                l.truncate(range.end);
+                Cow::Owned(l)
+            }
+            Cow::Owned(l) => Cow::Owned(l[range].to_vec()),
+        };
+        let op = parsed.and_then(|v| self.index.prepare_upsert(v, Some(raw)));
+        self.push(line_no, op)
+    }
+
+    /// Adds a prepared write, or records why it was refused; a full part is applied.
+    fn push(&mut self, item: u64, op: Result<Prepared<'a>>) -> Result<()> {
+        match op {
+            Ok(op) => {
+                if let Prepared::Upsert { json, .. } = &op {
+                    self.bytes += json.len();
+                }
+                self.ops.push(op);
+                if self.ops.len() >= BATCH_DOCS || self.bytes >= BATCH_BYTES {
+                    self.flush()?;
+                }
+                Ok(())
+            }
+            Err(e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. })) => {
+                self.report.failed += 1;
+                self.report.errors.push(LineError {
+                    line: item,
+                    reason: e.to_string(),
+                });
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let ops = std::mem::take(&mut self.ops);
+        let n = ops.len() as u64;
+        if let Some(logged) = self.index.apply(ops)? {
+            self.logged = Some(logged);
+        }
+        self.report.indexed += n;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Applies the rest and waits for the log (per the index's durability).
+    fn finish(mut self) -> Result<IngestReport> {
+        self.flush()?;
+        self.index.settle(self.logged.take())?;
+        Ok(self.report)
+    }
+}
 
 /// Tantivy answers "the index writer was killed" once an indexing thread died (e.g. ENOSPC while
 /// writing a segment); joining the threads, as a commit does, gives the real cause. The commit

@@ -151,7 +151,13 @@ struct State {
     /// longer cuts the file, whose tail the new log owns.
     retired: bool,
     closed: Vec<Segment>,
+    /// Records are encoded here before their one write: kept between appends so a bulk load
+    /// does not fault in a fresh buffer each time (shrunk after an unusually large append).
+    buf: Vec<u8>,
 }
+
+/// The encoding buffer kept between appends is cut back to this capacity.
+const KEEP_BUF_BYTES: usize = 4 << 20;
 
 /// The log of one index. Appends are serialized by the index's writer lock; this type's own
 /// lock coordinates fsyncs (one thread syncs for all waiting writers).
@@ -439,6 +445,7 @@ impl Wal {
                 dirty_tail: None,
                 retired: false,
                 closed,
+                buf: Vec::new(),
             }),
             synced: Condvar::new(),
         };
@@ -468,7 +475,9 @@ impl Wal {
             st = self.roll(st)?;
         }
         let first = st.written_seq + 1;
-        let mut buf = Vec::with_capacity(
+        let mut buf = std::mem::take(&mut st.buf);
+        buf.clear();
+        buf.reserve(
             ops.iter()
                 .map(|op| match op {
                     WalOp::Upsert { id, json } => HEADER_LEN + 5 + id.len() + json.len(),
@@ -479,16 +488,21 @@ impl Wal {
         for (i, op) in ops.iter().enumerate() {
             encode_into(&mut buf, first + i as u64, op);
         }
-        if let Err(e) =
-            faults::io_point(faults::WAL_APPEND).and_then(|()| st.file.write_all_at(&buf, st.len))
-        {
+        let written =
+            faults::io_point(faults::WAL_APPEND).and_then(|()| st.file.write_all_at(&buf, st.len));
+        let encoded = buf.len() as u64;
+        if buf.capacity() > KEEP_BUF_BYTES {
+            buf = Vec::new();
+        }
+        st.buf = buf;
+        if let Err(e) = written {
             let at = st.len;
             if st.file.set_len(at).is_err() {
                 st.dirty_tail = Some(at);
             }
             return Err(CoreError::io(&st.path, e));
         }
-        st.len += buf.len() as u64;
+        st.len += encoded;
         st.written_seq = first + ops.len() as u64 - 1;
         Ok(Some(Ticket {
             seq: st.written_seq,

@@ -181,6 +181,68 @@ fn ndjson_bad_lines_are_reported_and_good_lines_kept() {
     assert_eq!(ids(&idx, "café"), ["4"]);
 }
 
+/// The in-memory form (request bodies) reads lines exactly like the streaming one: same
+/// counts, same line numbers, same documents; a line that is not UTF-8 is refused (not
+/// silently altered), and a batch larger than one logged part lands whole.
+#[test]
+fn ndjson_from_memory_matches_ndjson_from_a_reader() {
+    let mut input = String::new();
+    for i in 0..2_500 {
+        match i % 500 {
+            7 => input.push_str("{\"id\":\"broken\"\n"),
+            8 => input.push('\n'),
+            9 => input.push_str("   \t\r\n"),
+            _ => input.push_str(&format!(
+                "  {{\"id\":\"d{i}\",\"text\":\"word{} common caf\u{e9}\"}}\r\n",
+                i % 10
+            )),
+        }
+    }
+    let mut bytes = input.into_bytes();
+    // One line with a byte that is not UTF-8 inside a string.
+    bytes.extend_from_slice(b"{\"id\":\"latin1\",\"text\":\"caf\xe9\"}\n");
+    bytes.extend_from_slice(b"{\"id\":\"last\",\"text\":\"no newline at the end\"}");
+
+    let (_d1, streamed) = docs_index();
+    let (_d2, in_memory) = docs_index();
+    let a = streamed.ingest_ndjson(&bytes[..]).unwrap();
+    let b = in_memory.ingest_ndjson_bytes(&bytes).unwrap();
+    assert_eq!(a.indexed, 2_500 - 15 + 1);
+    assert_eq!(a.failed, 5 + 1);
+    let reasons = |r: &search_core::IngestReport| -> Vec<(u64, String)> {
+        r.errors
+            .iter()
+            .map(|e| (e.line, e.reason.clone()))
+            .collect()
+    };
+    assert_eq!(reasons(&a), reasons(&b));
+    assert_eq!((a.indexed, a.failed), (b.indexed, b.failed));
+    assert_eq!(
+        a.errors.last().unwrap().line,
+        2_501,
+        "{:?}",
+        a.errors.last()
+    );
+    for idx in [&streamed, &in_memory] {
+        idx.commit().unwrap();
+        assert_eq!(idx.stats().unwrap().docs, 2_500 - 15 + 1);
+        let word3 = idx
+            .search(&SearchRequest::new("word3").count(true))
+            .unwrap()
+            .total;
+        assert_eq!(word3, Some(250));
+        assert!(idx.get("latin1").unwrap().is_none());
+        assert_eq!(
+            idx.get("d1").unwrap().unwrap()["text"],
+            "word1 common caf\u{e9}"
+        );
+        assert_eq!(
+            idx.get("last").unwrap().unwrap()["text"],
+            "no newline at the end"
+        );
+    }
+}
+
 #[test]
 fn a_second_writer_gets_a_lock_error_naming_the_lock() {
     let data = tempfile::tempdir().unwrap();

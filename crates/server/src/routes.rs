@@ -406,7 +406,7 @@ async fn add_documents(
     let _slot = write_slot(&state).await?;
     let report = blocking(move || {
         let report = match parsed {
-            Body::Lines => entry.index.ingest_ndjson(&body[..]),
+            Body::Lines => entry.index.ingest_ndjson_bytes(&body),
             Body::Array(items) => entry.index.upsert_many(items),
         };
         // Even a failed batch may have logged and applied its first part: commit it too.
