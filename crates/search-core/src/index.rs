@@ -762,17 +762,37 @@ impl SearchIndex {
     /// [`SearchIndex::ingest_ndjson`] over text already in memory (e.g. a request body): the
     /// lines are logged from where they are, without a copy per line.
     pub fn ingest_ndjson_bytes(&self, input: &[u8]) -> Result<IngestReport> {
+        self.ingest_ndjson_chunks([input])
+    }
+
+    /// [`SearchIndex::ingest_ndjson_bytes`] over text in consecutive pieces (e.g. a request
+    /// body as it arrived): only lines that straddle two pieces are copied.
+    pub fn ingest_ndjson_chunks<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<IngestReport> {
         self.require_kind(IndexKind::Documents)?;
         let mut batch = Batch::new(self);
-        let mut start = 0;
+        // The start of a line begun in an earlier piece.
+        let mut carry: Vec<u8> = Vec::new();
         let mut line_no = 0;
-        for end in memchr::memchr_iter(b'\n', input).chain(std::iter::once(input.len())) {
-            line_no += 1;
-            if start <= end {
-                batch.line(line_no, Cow::Borrowed(&input[start..end]))?;
+        for chunk in chunks {
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', chunk) {
+                line_no += 1;
+                let line = if carry.is_empty() {
+                    Cow::Borrowed(&chunk[start..end])
+                } else {
+                    carry.extend_from_slice(&chunk[start..end]);
+                    Cow::Owned(std::mem::take(&mut carry))
+                };
+                batch.line(line_no, line)?;
+                start = end + 1;
             }
-            start = end + 1;
+            carry.extend_from_slice(&chunk[start..]);
         }
+        // The last line (empty when the text ends with a line end).
+        batch.line(line_no + 1, Cow::Owned(carry))?;
         batch.finish()
     }
 

@@ -205,8 +205,21 @@ fn ndjson_from_memory_matches_ndjson_from_a_reader() {
 
     let (_d1, streamed) = docs_index();
     let (_d2, in_memory) = docs_index();
+    let (_d3, in_pieces) = docs_index();
     let a = streamed.ingest_ndjson(&bytes[..]).unwrap();
     let b = in_memory.ingest_ndjson_bytes(&bytes).unwrap();
+    // Pieces of uneven sizes, many lines straddling two or more of them.
+    let mut pieces = Vec::new();
+    let mut rest = &bytes[..];
+    let mut k = 0;
+    while !rest.is_empty() {
+        let n = [1, 7, 300, 4096, 13][k % 5].min(rest.len());
+        pieces.push(&rest[..n]);
+        rest = &rest[n..];
+        k += 1;
+    }
+    let c = in_pieces.ingest_ndjson_chunks(pieces).unwrap();
+    assert_eq!((c.indexed, c.failed), (a.indexed, a.failed));
     assert_eq!(a.indexed, 2_500 - 15 + 1);
     assert_eq!(a.failed, 5 + 1);
     let reasons = |r: &search_core::IngestReport| -> Vec<(u64, String)> {
@@ -216,6 +229,7 @@ fn ndjson_from_memory_matches_ndjson_from_a_reader() {
             .collect()
     };
     assert_eq!(reasons(&a), reasons(&b));
+    assert_eq!(reasons(&a), reasons(&c));
     assert_eq!((a.indexed, a.failed), (b.indexed, b.failed));
     assert_eq!(
         a.errors.last().unwrap().line,
@@ -223,7 +237,7 @@ fn ndjson_from_memory_matches_ndjson_from_a_reader() {
         "{:?}",
         a.errors.last()
     );
-    for idx in [&streamed, &in_memory] {
+    for idx in [&streamed, &in_memory, &in_pieces] {
         idx.commit().unwrap();
         assert_eq!(idx.stats().unwrap().docs, 2_500 - 15 + 1);
         let word3 = idx

@@ -336,7 +336,70 @@ enum Body {
     Lines,
 }
 
-fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
+/// A request body as the chunks it arrived in (no copy into one buffer), read within the
+/// configured body limit.
+struct BodyChunks(Vec<Bytes>);
+
+impl BodyChunks {
+    /// The first byte that is not whitespace.
+    fn first_non_space(&self) -> Option<u8> {
+        self.0
+            .iter()
+            .flat_map(|c| c.iter())
+            .find(|b| !b.is_ascii_whitespace())
+            .copied()
+    }
+
+    /// The whole body in one buffer (copied unless it came in one chunk).
+    fn contiguous(&self) -> Bytes {
+        match &self.0[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut all = Vec::with_capacity(many.iter().map(Bytes::len).sum());
+                many.iter().for_each(|c| all.extend_from_slice(c));
+                Bytes::from(all)
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyChunks {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+        use axum::RequestExt as _;
+        use http_body_util::BodyExt as _;
+        let mut body = req.into_limited_body();
+        let mut chunks = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if too_large {
+                    ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        "the request body is larger than the configured limit",
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorCode::InvalidInput,
+                        format!("failed to read the request body: {e}"),
+                    )
+                }
+            })?;
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                chunks.push(data);
+            }
+        }
+        Ok(BodyChunks(chunks))
+    }
+}
+
+fn classify_body(headers: &HeaderMap, chunks: &BodyChunks) -> Result<Body, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -347,7 +410,7 @@ fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
                 .trim()
                 .to_ascii_lowercase()
         });
-    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let first = chunks.first_non_space();
     match ct.as_deref() {
         Some(
             "application/x-ndjson"
@@ -357,7 +420,7 @@ fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
             | "application/jsonlines",
         ) => Ok(Body::Lines),
         None | Some("application/json") => match first {
-            Some(b'[') => serde_json::from_slice::<Vec<Value>>(body)
+            Some(b'[') => serde_json::from_slice::<Vec<Value>>(&chunks.contiguous())
                 .map(Body::Array)
                 .map_err(|e| {
                     ApiError::new(
@@ -370,7 +433,7 @@ fn classify_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
                     )
                 }),
             // One object (possibly pretty-printed over several lines), or JSON lines.
-            Some(b'{') => match serde_json::from_slice::<Value>(body) {
+            Some(b'{') => match serde_json::from_slice::<Value>(&chunks.contiguous()) {
                 Ok(one) => Ok(Body::Array(vec![one])),
                 Err(_) => Ok(Body::Lines),
             },
@@ -395,7 +458,7 @@ async fn add_documents(
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<BodyChunks, ApiError>,
 ) -> ApiResult {
     let Path(name) = name?;
     let Query(params) = params?;
@@ -406,7 +469,9 @@ async fn add_documents(
     let _slot = write_slot(&state).await?;
     let report = blocking(move || {
         let report = match parsed {
-            Body::Lines => entry.index.ingest_ndjson_bytes(&body),
+            Body::Lines => entry
+                .index
+                .ingest_ndjson_chunks(body.0.iter().map(|c| &c[..])),
             Body::Array(items) => entry.index.upsert_many(items),
         };
         // Even a failed batch may have logged and applied its first part: commit it too.
