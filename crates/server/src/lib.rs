@@ -60,6 +60,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<u32>,
     shutdown_timeout: Duration,
 ) -> std::io::Result<()> {
+    pool::init_placement();
     let app = routes::app(state.clone());
     let committer = tokio::spawn(commit_loop(state.clone(), shutdown.clone()));
     start_maintenance(&state);

@@ -39,6 +39,8 @@ impl Pool {
                     // socket I/O): on Linux `nice` applies to the calling thread only. Failing
                     // to lower our own priority is harmless.
                     let _ = rustix::process::nice(NICE);
+                    // Whatever thread created the pool, searches may use every CPU.
+                    use_every_cpu();
                     // Ends when every sender is dropped: the pool is gone.
                     while let Ok(job) = rx.recv() {
                         job();
@@ -99,13 +101,17 @@ pub(crate) const INDEXING_NICE: i32 = 10;
 /// the kernel then gives searches the CPU first. Tantivy names its threads but offers no hook,
 /// so they are found by name in `/proc/self/task`. Best effort: Linux only, errors ignored.
 /// Cheap (one directory listing), called every second by a background job.
+/// Name prefixes of Tantivy's indexing threads.
+const INDEXING_THREADS: [&str; 4] = [
+    "thrd-tantivy-in",
+    "merge_thread_",
+    "segment_update",
+    "docstore-compre",
+];
+
 pub(crate) fn lower_indexing_priority() {
-    const PREFIXES: [&str; 4] = [
-        "thrd-tantivy-in",
-        "merge_thread_",
-        "segment_update",
-        "docstore-compre",
-    ];
+    place_indexing_threads();
+    const PREFIXES: [&str; 4] = INDEXING_THREADS;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -127,6 +133,104 @@ pub(crate) fn lower_indexing_priority() {
         if rustix::process::getpriority_process(Some(tid)).is_ok_and(|p| p < INDEXING_NICE) {
             let _ = rustix::process::setpriority_process(Some(tid), INDEXING_NICE);
         }
+        if let Some(mask) = indexing_mask() {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), &mask);
+        }
+    }
+}
+
+/// CPU placement of indexing work. While searches are being served (one in the last
+/// [`SEARCH_RECENT`]), indexing threads run on every allowed CPU but the first, which stays
+/// free for searches and sockets: nice values share the CPU but a search woken behind an
+/// indexing thread still waits for its time slice. With no searches, indexing uses them all.
+/// Linux only, best effort; on a single CPU nothing changes.
+struct Placement {
+    all: rustix::thread::CpuSet,
+    spare_one: rustix::thread::CpuSet,
+    /// Milliseconds since `start` of the last search (0: none yet).
+    last_search: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+    confined: std::sync::atomic::AtomicBool,
+}
+
+const SEARCH_RECENT: std::time::Duration = std::time::Duration::from_secs(5);
+
+static PLACEMENT: std::sync::OnceLock<Option<Placement>> = std::sync::OnceLock::new();
+
+/// Records the CPUs this process may use; call from an unconfined thread at start.
+pub(crate) fn init_placement() {
+    PLACEMENT.get_or_init(|| {
+        let all = rustix::thread::sched_getaffinity(None).ok()?;
+        if all.count() < 2 {
+            return None;
+        }
+        let first = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| all.is_set(c))?;
+        let mut spare_one = all;
+        spare_one.unset(first);
+        Some(Placement {
+            all,
+            spare_one,
+            last_search: std::sync::atomic::AtomicU64::new(0),
+            start: std::time::Instant::now(),
+            confined: std::sync::atomic::AtomicBool::new(false),
+        })
+    });
+}
+
+/// The mask indexing threads get now, per recent searches (`None`: placement is off).
+fn indexing_mask() -> Option<rustix::thread::CpuSet> {
+    let p = PLACEMENT.get()?.as_ref()?;
+    let last = p.last_search.load(std::sync::atomic::Ordering::Relaxed);
+    let recent =
+        last > 0 && p.start.elapsed().as_millis() as u64 <= last + SEARCH_RECENT.as_millis() as u64;
+    p.confined
+        .store(recent, std::sync::atomic::Ordering::Relaxed);
+    Some(if recent { p.spare_one } else { p.all })
+}
+
+/// Lets the calling thread run on every CPU the process may use (threads inherit the mask of
+/// the thread that created them).
+fn use_every_cpu() {
+    if let Some(Some(p)) = PLACEMENT.get() {
+        let _ = rustix::thread::sched_setaffinity(None, &p.all);
+    }
+}
+
+/// Notes a search; the first after a quiet spell moves indexing off the spare CPU at once.
+pub(crate) fn note_search() {
+    let Some(Some(p)) = PLACEMENT.get() else {
+        return;
+    };
+    let now = (p.start.elapsed().as_millis() as u64).max(1);
+    p.last_search
+        .store(now, std::sync::atomic::Ordering::Relaxed);
+    if !p.confined.load(std::sync::atomic::Ordering::Relaxed) {
+        place_indexing_threads();
+    }
+}
+
+fn place_indexing_threads() {
+    let Some(mask) = indexing_mask() else {
+        return;
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if !INDEXING_THREADS.iter().any(|p| comm.starts_with(p)) {
+            continue;
+        }
+        if let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), &mask);
+        }
     }
 }
 
@@ -135,6 +239,9 @@ pub(crate) fn lower_indexing_priority() {
 pub(crate) fn at_indexing_priority<T>(f: impl FnOnce() -> T) -> T {
     if rustix::process::getpriority_process(None).is_ok_and(|p| p < INDEXING_NICE) {
         let _ = rustix::process::setpriority_process(None, INDEXING_NICE);
+    }
+    if let Some(mask) = indexing_mask() {
+        let _ = rustix::thread::sched_setaffinity(None, &mask);
     }
     f()
 }
@@ -178,5 +285,50 @@ mod tests {
         release.send(()).unwrap();
         busy.await.unwrap().unwrap();
         assert_eq!(queued.await.unwrap().unwrap(), 7);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod placement_tests {
+    use super::*;
+
+    /// A search moves indexing threads (and write work on the calling thread) off the first
+    /// allowed CPU; searches themselves keep every CPU.
+    #[test]
+    fn searches_keep_a_cpu_free_of_indexing() {
+        init_placement();
+        let Some(Some(p)) = PLACEMENT.get() else {
+            eprintln!("one CPU: nothing to place");
+            return;
+        };
+        let (all, spare_one) = (p.all, p.spare_one);
+        assert_eq!(spare_one.count() + 1, all.count());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let indexer = std::thread::Builder::new()
+            .name("thrd-tantivy-in-test".into())
+            .spawn(move || {
+                tx.send(()).unwrap();
+                let _ = done_rx.recv();
+                rustix::thread::sched_getaffinity(None).unwrap()
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        note_search();
+        let writer_mask = at_indexing_priority(|| rustix::thread::sched_getaffinity(None).unwrap());
+        done_tx.send(()).unwrap();
+        let indexer_mask = indexer.join().unwrap();
+        assert_eq!(indexer_mask, spare_one);
+        assert_eq!(writer_mask, spare_one);
+        // The search pool's threads are never confined.
+        let pool = Pool::new("placement-test", 1, 1).unwrap();
+        let (mtx, mrx) = std::sync::mpsc::channel();
+        pool.tx
+            .send(Box::new(move || {
+                mtx.send(rustix::thread::sched_getaffinity(None).unwrap())
+                    .unwrap()
+            }))
+            .unwrap();
+        assert_eq!(mrx.recv().unwrap(), all);
     }
 }

@@ -855,7 +855,17 @@ impl tower::Service<SearchJob> for OnSearchPool {
 
     fn call(&mut self, job: SearchJob) -> Self::Future {
         let state = self.0.clone();
-        Box::pin(async move { state.0.search_pool.run(job.0).await })
+        let work = job.0;
+        Box::pin(async move {
+            state
+                .0
+                .search_pool
+                .run(move || {
+                    crate::pool::note_search();
+                    work()
+                })
+                .await
+        })
     }
 }
 

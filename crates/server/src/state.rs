@@ -217,6 +217,7 @@ impl AppState {
     /// Opens every index in the catalog. An index that fails to open does not stop the service:
     /// it is listed by `/readyz` (which then answers 503) and requests to it get the error.
     pub fn open(catalog: Catalog, config: ServerConfig) -> Result<AppState, String> {
+        crate::pool::init_placement();
         let metrics = Metrics::install(env!("CARGO_PKG_VERSION"))?;
         resilience::describe_metrics();
         resource_mgmt::describe_metrics();
