@@ -962,7 +962,6 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Writes logged and applied together by batch operations (one log write, one fsync).
 /// A batch is logged and handed to the writer in parts of at most this many documents or
 /// bytes, as it is read: the indexing threads start on the first part while the rest is parsed.
 const BATCH_DOCS: usize = 1_000;
@@ -978,6 +977,8 @@ struct Batch<'i, 'a> {
     report: IngestReport,
     ops: Vec<Prepared<'a>>,
     bytes: usize,
+    /// Where the first and the last part went in the log.
+    first: Logged,
     logged: Logged,
 }
 
@@ -988,6 +989,7 @@ impl<'i, 'a> Batch<'i, 'a> {
             report: IngestReport::default(),
             ops: Vec::new(),
             bytes: 0,
+            first: None,
             logged: None,
         }
     }
@@ -1047,6 +1049,9 @@ impl<'i, 'a> Batch<'i, 'a> {
         let ops = std::mem::take(&mut self.ops);
         let n = ops.len() as u64;
         if let Some(logged) = self.index.apply(ops)? {
+            if self.first.is_none() {
+                self.first = Some(logged.clone());
+            }
             self.logged = Some(logged);
         }
         self.report.indexed += n;
@@ -1058,6 +1063,10 @@ impl<'i, 'a> Batch<'i, 'a> {
     fn finish(mut self) -> Result<IngestReport> {
         self.flush()?;
         self.index.settle(self.logged.take())?;
+        // Syncing the last part covers the earlier ones, unless a failed fsync in between cut
+        // them out of the log (a new epoch) or the log was replaced: then the first part's
+        // own check fails and the batch is not acknowledged.
+        self.index.settle(self.first.take())?;
         Ok(self.report)
     }
 }
