@@ -111,11 +111,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "IRONSIFT_RATE_BURST")]
     rate_burst: Option<u32>,
     /// Memory for cached search answers in MiB (also served, flagged degraded, when an index
-    /// is failing or the server overloaded); 0 disables [default: 64].
+    /// is failing or the server overloaded); 0 disables [default: 64, or 1/16 of the memory
+    /// budget when that is smaller].
     #[arg(long, env = "IRONSIFT_CACHE_MB")]
     cache_mb: Option<usize>,
     /// Memory in MiB for stored documents rendered as JSON once and reused by later searches
-    /// (saves reading and serializing a popular document again); 0 disables [default: 64].
+    /// (saves reading and serializing a popular document again); 0 disables [default: 64, or
+    /// 1/16 of the memory budget when that is smaller].
     #[arg(long, env = "IRONSIFT_DOC_CACHE_MB")]
     doc_cache_mb: Option<usize>,
     /// Open an index's search breaker when this percentage of its recent searches failed
@@ -322,6 +324,18 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         &file.snapshot_interval,
     )?;
     let defaults = server::AdmissionConfig::default();
+    let memory_limit = match args.memory_limit {
+        Some(b) => Some(b),
+        None => from_file("memory_limit", &file.memory_limit, parse_size)?,
+    };
+    // Each cache's default: 64 MiB, or 1/16 of the memory budget when smaller (a 512 MiB
+    // container keeps 32 MiB per cache, not a quarter of its memory for both).
+    let default_cache_bytes =
+        resource_mgmt::MemoryBudget::detect(memory_limit).map_or(64 << 20, |b| {
+            usize::try_from(b.limit_bytes / 16)
+                .unwrap_or(usize::MAX)
+                .min(64 << 20)
+        });
     let admission = server::AdmissionConfig {
         search_concurrency: args
             .search_concurrency
@@ -343,7 +357,10 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             .unwrap_or(defaults.index_queue),
         rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(0),
         rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(0),
-        cache_bytes: args.cache_mb.or(file.cache_mb).unwrap_or(64) << 20,
+        cache_bytes: args
+            .cache_mb
+            .or(file.cache_mb)
+            .map_or(default_cache_bytes, |mb| mb << 20),
         breaker_failure_rate: args
             .breaker_failure_rate
             .unwrap_or(defaults.breaker_failure_rate),
@@ -373,10 +390,6 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             "--search-timeout ({search_timeout:?}) must be above 0 and at most --max-search-timeout ({max_search_timeout:?})"
         );
     }
-    let memory_limit = match args.memory_limit {
-        Some(b) => Some(b),
-        None => from_file("memory_limit", &file.memory_limit, parse_size)?,
-    };
     let config = ServerConfig {
         memory_limit,
         admission,
@@ -414,7 +427,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             writer_heap_bytes: heap_mb.max(15) << 20,
             durability,
             doc_cache: Some(std::sync::Arc::new(ironsift::DocCache::new(
-                args.doc_cache_mb.or(file.doc_cache_mb).unwrap_or(64) << 20,
+                args.doc_cache_mb
+                    .or(file.doc_cache_mb)
+                    .map_or(default_cache_bytes, |mb| mb << 20),
             ))),
             ..IndexConfig::default()
         },

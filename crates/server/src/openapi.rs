@@ -110,7 +110,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
     (
         "get",
         "/v1/admin/resources",
-        "Live resources (open indexes, searches in flight, writer memory), open files, threads, and memory against its budget.",
+        "Live resources (open indexes, searches in flight, writer memory), open files, threads, memory against its budget, and what the result and document caches hold against their bounds.",
         200,
     ),
     (

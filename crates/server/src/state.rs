@@ -514,9 +514,18 @@ impl AppState {
 
     /// Live resources and memory, for `/v1/admin/resources`.
     pub fn resources(&self) -> serde_json::Value {
+        let results = self.0.admission.cache.as_ref().map(|c| c.stats());
+        let documents = self.0.catalog.config().doc_cache.as_ref().map(|d| {
+            serde_json::json!({
+                "entries": d.len(),
+                "bytes": d.bytes(),
+                "max_bytes": d.max_bytes(),
+            })
+        });
         serde_json::json!({
             "registry": self.0.registry.snapshot(),
             "memory": self.0.memory.status(),
+            "caches": {"results": results, "documents": documents},
         })
     }
 

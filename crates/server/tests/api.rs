@@ -1112,6 +1112,18 @@ async fn resources_return_to_their_baseline_after_bursts_and_index_cycles() {
         "{}",
         res.text
     );
+    // Both caches report what they hold against their bound (null when disabled).
+    for cache in ["results", "documents"] {
+        let c = &res.body["caches"][cache];
+        assert!(c.is_object() || c.is_null(), "{cache}: {}", res.text);
+        if c.is_object() {
+            assert!(
+                c["bytes"].as_u64().unwrap() <= c["max_bytes"].as_u64().unwrap(),
+                "{cache}: {}",
+                res.text
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
