@@ -14,7 +14,6 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::json::{self, Json};
@@ -140,37 +139,15 @@ fn start_server(bin: &Path, data: &Path) -> Result<(ServerGuard, SocketAddr)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--data")
         .arg(data)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::piped());
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"]);
     println!("==> {}", show(&cmd));
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `{}`: {e}", show(&cmd)))?;
+    let limit = Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
+    let (child, addr) = crate::server::spawn_listening(&mut cmd, limit, None)?;
     let mut guard = ServerGuard {
         child,
         exited: None,
     };
-    let stdout = guard.child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = tx.send(r.read_line(&mut line).map(|_| line));
-        // Keep draining so the server never blocks on a full pipe.
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
-    });
-    let limit = Duration::from_secs(30);
-    let deadline = Instant::now() + limit;
-    let line = match rx.recv_timeout(limit) {
-        Ok(Ok(line)) => line,
-        Ok(Err(e)) => return Err(format!("cannot read the server's stdout: {e}")),
-        Err(_) => return Err("the server printed no address within 30 s".into()),
-    };
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("ironsift: listening on http://")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("unexpected first line from the server: {line:?}"))?;
     loop {
         if !guard.alive() {
             return Err(format!(

@@ -21,12 +21,11 @@
 //! run of each and restarts with 25,000 documents.
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::http::request as http;
@@ -130,41 +129,10 @@ impl Server {
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
             .args(args)
-            .stdout(Stdio::piped())
             .stderr(stderr);
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run `{}`: {e}", show(&cmd)))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = tx.send(r.read_line(&mut line).map(|_| line));
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(line)) => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "`{}` printed no address within 60 s (log: {})",
-                    show(&cmd),
-                    log.display()
-                ));
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("ironsift: listening on http://")
-            .and_then(|a| a.trim_end_matches('/').parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("unexpected first line from the server: {line:?}"));
-        };
+        let (child, addr) =
+            crate::server::spawn_listening(&mut cmd, Duration::from_secs(60), Some(&log))?;
         Ok(Server {
             child,
             addr,

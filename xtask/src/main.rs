@@ -15,6 +15,7 @@ mod golden;
 mod http;
 mod json;
 mod report;
+mod server;
 mod soak;
 mod stress;
 mod summary;

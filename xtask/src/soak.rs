@@ -23,12 +23,11 @@
 //! those and fails on a descriptor leaked per cycle or per snapshot.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -124,36 +123,9 @@ impl Server {
             .arg(data)
             .args(["--heap-mb", "64", "serve", "--listen", "127.0.0.1:0"])
             .args(["--log-level", "warn"])
-            .stdout(Stdio::piped())
             .stderr(stderr);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run `{}`: {e}", show(&cmd)))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = tx.send(r.read_line(&mut line).map(|_| line));
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(line)) => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`{}` printed no address within 60 s", show(&cmd)));
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("ironsift: listening on http://")
-            .and_then(|a| a.trim_end_matches('/').parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("unexpected first line from the server: {line:?}"));
-        };
+        let (child, addr) =
+            crate::server::spawn_listening(&mut cmd, Duration::from_secs(60), Some(log))?;
         let server = Server { child, addr };
         let started = Instant::now();
         while !matches!(

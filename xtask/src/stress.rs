@@ -15,7 +15,6 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{Result, cargo, fmt_duration, run_status, show, target_dir, workspace_root};
@@ -212,40 +211,10 @@ fn spawn(bin: &Path, data: &Path, addr: SocketAddr, extra: &[String], log: &Path
         .args(extra)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(log_file);
     println!("==> {}", show(&cmd));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `{}`: {e}", show(&cmd)))?;
-    // Drain stdout (the listening line and anything after) so the server never blocks on it.
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = tx.send(r.read_line(&mut line).map(|_| line));
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(line)) if line.starts_with("ironsift: listening on") => Ok(child),
-        Ok(Ok(line)) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!(
-                "unexpected first line from the server: {line:?}; log: {}",
-                log.display()
-            ))
-        }
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!(
-                "the server printed no listening line within 60 s; log: {}",
-                log.display()
-            ))
-        }
-    }
+    let (child, _) = crate::server::spawn_listening(&mut cmd, Duration::from_secs(60), Some(log))?;
+    Ok(child)
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
