@@ -96,12 +96,8 @@ impl Pool {
 /// Nice value of indexing work: below searches (nice 5), which are below the async threads.
 pub(crate) const INDEXING_NICE: i32 = 10;
 
-/// Lowers the priority of this process's indexing threads (Tantivy's index workers, merge and
-/// segment-updater threads, doc-store compressors) so a large ingest cannot starve searches:
-/// the kernel then gives searches the CPU first. Tantivy names its threads but offers no hook,
-/// so they are found by name in `/proc/self/task`. Best effort: Linux only, errors ignored.
-/// Cheap (one directory listing), called every second by a background job.
-/// Name prefixes of Tantivy's indexing threads.
+/// Name prefixes of Tantivy's indexing threads: index workers, merge and segment-updater
+/// threads, doc-store compressors.
 const INDEXING_THREADS: [&str; 4] = [
     "thrd-tantivy-in",
     "merge_thread_",
@@ -109,32 +105,38 @@ const INDEXING_THREADS: [&str; 4] = [
     "docstore-compre",
 ];
 
-pub(crate) fn lower_indexing_priority() {
-    place_indexing_threads();
-    const PREFIXES: [&str; 4] = INDEXING_THREADS;
+/// This process's indexing threads. Tantivy names its threads but offers no hook, so they are
+/// found by name in `/proc/self/task` (one directory listing). Linux only; empty elsewhere.
+fn indexing_threads() -> Vec<rustix::process::Pid> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
+        return Vec::new();
     };
-    for task in tasks.flatten() {
-        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        if !PREFIXES.iter().any(|p| comm.starts_with(p)) {
-            continue;
-        }
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            continue;
-        };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| INDEXING_THREADS.iter().any(|p| comm.starts_with(p)))
+        })
+        .filter_map(|task| {
+            task.file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+        })
+        .collect()
+}
+
+/// Lowers the priority of this process's indexing threads so a large ingest cannot starve
+/// searches (the kernel gives searches the CPU first), and places them per recent searches
+/// (see [`Placement`]). Best effort, errors ignored; called every second by a background job.
+pub(crate) fn lower_indexing_priority() {
+    let mask = indexing_mask();
+    for tid in indexing_threads() {
         if rustix::process::getpriority_process(Some(tid)).is_ok_and(|p| p < INDEXING_NICE) {
             let _ = rustix::process::setpriority_process(Some(tid), INDEXING_NICE);
         }
-        if let Some(mask) = indexing_mask() {
-            let _ = rustix::thread::sched_setaffinity(Some(tid), &mask);
+        if let Some(mask) = &mask {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), mask);
         }
     }
 }
@@ -209,28 +211,13 @@ pub(crate) fn note_search() {
     }
 }
 
+/// Applies the current placement to the indexing threads at once.
 fn place_indexing_threads() {
     let Some(mask) = indexing_mask() else {
         return;
     };
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        if !INDEXING_THREADS.iter().any(|p| comm.starts_with(p)) {
-            continue;
-        }
-        if let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::thread::sched_setaffinity(Some(tid), &mask);
-        }
+    for tid in indexing_threads() {
+        let _ = rustix::thread::sched_setaffinity(Some(tid), &mask);
     }
 }
 
