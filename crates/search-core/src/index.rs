@@ -546,11 +546,9 @@ impl SearchIndex {
         }
     }
 
-    /// Logs `ops` (one write, one fsync shared with concurrent writers under
-    /// [`Durability::Request`]) and applies them to the writer, in the same order under the
-    /// writer lock. Returns once they are as durable as the configuration promises.
-    /// Logs `ops` (not yet durably: see [`SearchIndex::settle`]) and hands them to the writer.
-    /// Returns the log position to wait for before acknowledging them.
+    /// Logs `ops` (one write, not yet durable: see [`SearchIndex::settle`]) and hands them to
+    /// the writer, in the same order under the writer lock. Returns the log position to wait
+    /// for before acknowledging them.
     fn apply(&self, ops: Vec<Prepared<'_>>) -> Result<Logged> {
         if ops.is_empty() {
             return Ok(None);
