@@ -306,15 +306,29 @@ fn a_failed_search_is_an_internal_error_and_the_next_search_works() {
     assert_eq!(total(&idx), Some(11));
 }
 
+/// Copies a live index folder, as a crash would leave it. Tantivy's own threads may delete a
+/// file between the listing and the copy (files of a failed commit, or no longer needed): such
+/// a file is simply not in the copy, as it would not be on disk a moment later.
 fn copy_dir(from: &Path, to: &Path) {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
+    let entries = match std::fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return,
+        Err(e) => panic!("cannot list {}: {e}", from.display()),
+    };
+    for e in entries {
         let e = e.unwrap();
         let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => copy_dir(&e.path(), &dst),
+            Ok(_) => match std::fs::copy(e.path(), &dst) {
+                Ok(_) => {}
+                Err(err) if gone(&err) => {}
+                Err(err) => panic!("cannot copy {}: {err}", e.path().display()),
+            },
+            Err(err) if gone(&err) => {}
+            Err(err) => panic!("cannot stat {}: {err}", e.path().display()),
         }
     }
 }
