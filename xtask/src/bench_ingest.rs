@@ -3,14 +3,22 @@
 //!
 //! 1. Plain Tantivy: Criterion's `index_json/plain_tantivy` from `benches/core.rs` on
 //!    `linux-docs.jsonl` (serde_json per line, `_id` STRING|STORED and `title`, `text`
-//!    TEXT|STORED, Tantivy's default threads, 256 MiB heap, one commit; merges not waited for).
-//! 2. ironsift: a fresh data folder, an index with the explicit schema holding the same fields
-//!    (`title`, `text` as text; `_id` is the id, as plain Tantivy's STRING field), `ironsift
-//!    serve` in release with `--durability request`, then `async`; the file is POSTed as
+//!    TEXT|STORED, Tantivy's default threads, 256 MiB heap, one commit; merges not waited for;
+//!    one warm-up iteration, then 10 samples in the same process).
+//! 2. ironsift: a fresh data folder, `ironsift serve` in release with `--durability request`,
+//!    then `async`; an index with the explicit schema holding the same fields (`title`, `text`
+//!    as text; `_id` is the id, as plain Tantivy's STRING field); the file is POSTed as
 //!    `application/x-ndjson` in bodies of about 4 MiB by 3 concurrent clients, then one
-//!    `POST /v1/indexes/x/commit`. MB/s is the file's size over the time from the first byte
-//!    sent to the commit's answer. Each measured `--runs` times (min/median reported).
-//! 3. Restart: a default (schemaless) documents index, `--refresh-interval 1h` so nothing is
+//!    `POST /v1/indexes/<index>/commit`. MB/s is the file's size over the time from the first
+//!    byte sent to the commit's answer. As Criterion warms plain Tantivy up, each server first
+//!    ingests the file once into an index that is then deleted (reported as the cold figure,
+//!    not judged), then once into a fresh index (measured).
+//! 3. The two are interleaved in rounds, because this machine's speed drifts by 10-15 % over
+//!    a minute (other tenants): plain Tantivy, then per round one `request` and one `async`
+//!    server followed by plain Tantivy again. Each server run is compared with the mean of the
+//!    plain medians just before and after it; the ratio judged is the median of the runs over
+//!    the median of those paired baselines.
+//! 4. Restart: a default (schemaless) documents index, `--refresh-interval 1h` so nothing is
 //!    committed, N generated documents of about 1.5 KB (default 100,000) POSTed the same way,
 //!    SIGKILL, then the time from starting the binary again to `/readyz` answering 200 (the
 //!    log replayed and committed), and the document count checked. Each run restarts a copy
@@ -18,7 +26,7 @@
 //!
 //! Loopback only; every child is killed if a step fails or outlasts its bound.
 //! `cargo xtask bench` runs the same steps as its `ingest` part ([`part`]); `--quick` makes one
-//! run of each and restarts with 25,000 documents.
+//! round and one restart with 25,000 documents.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +42,8 @@ use crate::summary::{self, Target, Unit};
 use crate::{Result, bench, cargo, corpus, fmt_duration, report, run_status, show, target_dir};
 
 const INDEX: &str = "x";
+/// The index of a server's first (warm-up) ingest, deleted before the measured one.
+const WARMUP_INDEX: &str = "warmup";
 /// The fields plain Tantivy indexes (the id is ironsift's `_id`, a STRING field as there).
 const SCHEMA: &str = r#"{"fields":[{"name":"title","type":"text"},{"name":"text","type":"text"}]}"#;
 /// Request bodies are cut at the first line end past this size.
@@ -48,14 +58,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How much to measure.
 pub(crate) struct Settings {
-    /// HTTP ingest runs per durability, and restarts.
+    /// Rounds (one HTTP ingest server per durability each), and restarts.
     pub(crate) runs: usize,
     /// Un-committed documents in the log at the kill.
     pub(crate) restart_docs: usize,
 }
 
 impl Settings {
-    /// The full form (2 runs, 100,000 documents) or the quick one (1 run, 25,000).
+    /// The full form (3 rounds, 2 restarts of 100,000 documents) or the quick one (1, 1 of
+    /// 25,000).
     pub(crate) fn new(quick: bool) -> Settings {
         if quick {
             Settings {
@@ -64,7 +75,7 @@ impl Settings {
             }
         } else {
             Settings {
-                runs: 2,
+                runs: 3,
                 restart_docs: 100_000,
             }
         }
@@ -288,8 +299,8 @@ fn batches(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     (out, lines)
 }
 
-/// POSTs every batch with [`CLIENTS`] concurrent clients; the documents indexed.
-fn post_all(addr: SocketAddr, batches: &[&[u8]]) -> Result<u64> {
+/// POSTs every batch to `index` with [`CLIENTS`] concurrent clients; the documents indexed.
+fn post_all(addr: SocketAddr, index: &str, batches: &[&[u8]]) -> Result<u64> {
     let next = AtomicUsize::new(0);
     let indexed = Mutex::new(0u64);
     let errors = Mutex::new(Vec::new());
@@ -299,7 +310,7 @@ fn post_all(addr: SocketAddr, batches: &[&[u8]]) -> Result<u64> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = batches.get(i) else { break };
-                    let path = format!("/v1/indexes/{INDEX}/documents");
+                    let path = format!("/v1/indexes/{index}/documents");
                     let r = http(
                         addr,
                         "POST",
@@ -334,11 +345,11 @@ fn post_all(addr: SocketAddr, batches: &[&[u8]]) -> Result<u64> {
     Ok(indexed.into_inner().unwrap())
 }
 
-fn create_index(addr: SocketAddr, schema: bool) -> Result<()> {
+fn create_index(addr: SocketAddr, index: &str, schema: bool) -> Result<()> {
     let body = if schema {
-        format!(r#"{{"name":"{INDEX}","schema":{SCHEMA}}}"#)
+        format!(r#"{{"name":"{index}","schema":{SCHEMA}}}"#)
     } else {
-        format!(r#"{{"name":"{INDEX}"}}"#)
+        format!(r#"{{"name":"{index}"}}"#)
     };
     match http(
         addr,
@@ -354,20 +365,20 @@ fn create_index(addr: SocketAddr, schema: bool) -> Result<()> {
     }
 }
 
-/// Committed documents of the index (`GET /v1/indexes/x`).
-fn committed_docs(addr: SocketAddr) -> Result<u64> {
+/// Committed documents of `index` (`GET /v1/indexes/{index}`).
+fn committed_docs(addr: SocketAddr, index: &str) -> Result<u64> {
     let (status, text) = http(
         addr,
         "GET",
-        &format!("/v1/indexes/{INDEX}"),
+        &format!("/v1/indexes/{index}"),
         "application/json",
         b"",
         REQUEST_TIMEOUT,
     )
-    .map_err(|e| format!("GET /v1/indexes/{INDEX}: {e}"))?;
+    .map_err(|e| format!("GET /v1/indexes/{index}: {e}"))?;
     match (status, number_in(&text, "docs")) {
         (200, Some(n)) => Ok(n as u64),
-        _ => Err(format!("GET /v1/indexes/{INDEX}: {status} {text}")),
+        _ => Err(format!("GET /v1/indexes/{index}: {status} {text}")),
     }
 }
 
@@ -391,28 +402,29 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// One HTTP ingest run: MB/s (decimal) of the file, from first byte sent to commit answered.
-fn ingest_run(
-    bin: &Path,
-    work: &Path,
-    durability: &str,
-    run: usize,
+/// One server's figures: its first ingest (cold process) and the measured one after it.
+#[derive(Debug, Clone, Copy)]
+struct HttpRun {
+    cold_mbs: f64,
+    mbs: f64,
+}
+
+/// Creates `index`, POSTs the file into it and commits: MB/s (decimal) of the file, from the
+/// first byte sent to the commit answered.
+fn ingest_once(
+    server: &Server,
+    index: &str,
     file_bytes: usize,
     batches: &[&[u8]],
     lines: usize,
-) -> Result<f64> {
-    let data = work.join(format!("ingest-{durability}-{run}"));
-    fresh_dir(&data)?;
-    let mut server = Server::spawn(bin, &data, &["--durability", durability])?;
-    server.wait_ready(Duration::from_secs(60))?;
-    create_index(server.addr, true)?;
-    let load = load_average();
+) -> Result<(f64, Duration)> {
+    create_index(server.addr, index, true)?;
     let t = Instant::now();
-    let indexed = post_all(server.addr, batches)?;
+    let indexed = post_all(server.addr, index, batches)?;
     let (status, text) = http(
         server.addr,
         "POST",
-        &format!("/v1/indexes/{INDEX}/commit"),
+        &format!("/v1/indexes/{index}/commit"),
         "application/json",
         b"",
         REQUEST_TIMEOUT,
@@ -427,17 +439,54 @@ fn ingest_run(
             "{indexed} documents indexed, the file has {lines} lines"
         ));
     }
-    let docs = committed_docs(server.addr)?;
+    let docs = committed_docs(server.addr, index)?;
+    if docs != lines as u64 {
+        return Err(format!(
+            "{docs} documents committed, the file has {lines} lines"
+        ));
+    }
+    Ok((file_bytes as f64 / 1e6 / took.as_secs_f64(), took))
+}
+
+/// One server: a warm-up ingest into an index deleted afterwards, then the measured one.
+fn ingest_run(
+    bin: &Path,
+    work: &Path,
+    durability: &str,
+    round: usize,
+    file_bytes: usize,
+    batches: &[&[u8]],
+    lines: usize,
+) -> Result<HttpRun> {
+    let data = work.join(format!("ingest-{durability}-{round}"));
+    fresh_dir(&data)?;
+    let mut server = Server::spawn(bin, &data, &["--durability", durability])?;
+    server.wait_ready(Duration::from_secs(60))?;
+    let (cold_mbs, _) = ingest_once(&server, WARMUP_INDEX, file_bytes, batches, lines)?;
+    match http(
+        server.addr,
+        "DELETE",
+        &format!("/v1/indexes/{WARMUP_INDEX}"),
+        "application/json",
+        b"",
+        REQUEST_TIMEOUT,
+    ) {
+        Ok((200 | 204, _)) => {}
+        Ok((status, text)) => return Err(format!("deleting the warm-up index: {status} {text}")),
+        Err(e) => return Err(format!("deleting the warm-up index: {e}")),
+    }
+    let load = load_average();
+    let (mbs, took) = ingest_once(&server, INDEX, file_bytes, batches, lines)?;
     server.stop()?;
     let _ = std::fs::remove_dir_all(&data);
-    let mbs = file_bytes as f64 / 1e6 / took.as_secs_f64();
     println!(
-        "bench-ingest: durability={durability} run {run}: {docs} docs, {:.1} MB in {} → {mbs:.1} \
-         MB/s (load average before: {load})",
+        "bench-ingest: durability={durability} round {round}: {lines} docs, {:.1} MB in {} → \
+         {mbs:.1} MB/s (the server's first ingest: {cold_mbs:.1} MB/s; load average before: \
+         {load})",
         file_bytes as f64 / 1e6,
         fmt_duration(took)
     );
-    Ok(mbs)
+    Ok(HttpRun { cold_mbs, mbs })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,14 +641,14 @@ fn restart_bench(bin: &Path, work: &Path, n: usize, runs: usize) -> Result<Resta
     );
     let mut server = Server::spawn(bin, &killed, &args)?;
     server.wait_ready(Duration::from_secs(60))?;
-    create_index(server.addr, false)?;
+    create_index(server.addr, INDEX, false)?;
     let t = Instant::now();
-    let indexed = post_all(server.addr, &batches)?;
+    let indexed = post_all(server.addr, INDEX, &batches)?;
     let ingest = t.elapsed();
     if indexed != n as u64 {
         return Err(format!("{indexed} of {n} documents indexed"));
     }
-    let committed = committed_docs(server.addr)?;
+    let committed = committed_docs(server.addr, INDEX)?;
     if committed != 0 {
         return Err(format!(
             "{committed} documents were committed before the kill; the log would not hold them all"
@@ -622,7 +671,7 @@ fn restart_bench(bin: &Path, work: &Path, n: usize, runs: usize) -> Result<Resta
         let mut server = Server::spawn(bin, &data, &args)?;
         let (rec, took) =
             server.wait_recovered(Duration::from_secs(300), Duration::from_secs(5))?;
-        let docs = committed_docs(server.addr)?;
+        let docs = committed_docs(server.addr, INDEX)?;
         server.stop()?;
         let _ = std::fs::remove_dir_all(&data);
         if docs != n as u64 {
@@ -688,69 +737,98 @@ struct Row {
 
 /// Everything one ingest benchmark measured.
 pub(crate) struct Ingest {
-    baseline: Baseline,
-    /// MB/s of each HTTP run, per durability.
-    http_mbs: Vec<(&'static str, Vec<f64>)>,
+    /// Plain Tantivy, before the first round and after each round.
+    baselines: Vec<Baseline>,
+    /// Per durability, one run per round.
+    http: Vec<(&'static str, Vec<HttpRun>)>,
     runs: usize,
     restart_docs: usize,
     restart: Result<Restart>,
 }
 
-/// The bulk ingest runs and the restart (the caller built `bin` and holds the run lock).
+/// The bulk ingest rounds and the restart (the caller built `bin` and holds the run lock).
 fn measure(bin: &Path, corpus: &Path, settings: &Settings, report_dir: &Path) -> Result<Ingest> {
     let jsonl = corpus.join("linux-docs.jsonl");
     let work = target_dir().join("bench-ingest");
-
-    let baseline = run_baseline(corpus, report_dir)?;
-    println!(
-        "bench-ingest: plain Tantivy in-process: {} MB/s per sample (median {:.1}, best {:.1})",
-        list(&baseline.samples),
-        median(&baseline.samples),
-        max(&baseline.samples)
-    );
 
     let bytes =
         std::fs::read(&jsonl).map_err(|e| format!("cannot read {}: {e}", jsonl.display()))?;
     let (parts, lines) = batches(&bytes);
     println!(
         "bench-ingest: {} ({:.1} MB, {lines} documents) in {} bodies of about {} MiB, {CLIENTS} \
-         clients",
+         clients; {} round(s), plain Tantivy before and after each",
         jsonl.display(),
         bytes.len() as f64 / 1e6,
         parts.len(),
-        BATCH_BYTES >> 20
+        BATCH_BYTES >> 20,
+        settings.runs
     );
-    let mut http_mbs: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    for durability in ["request", "async"] {
-        let mut runs = Vec::new();
-        for run in 1..=settings.runs {
+    let baseline = |at: &str| -> Result<Baseline> {
+        let b = run_baseline(corpus, report_dir)?;
+        println!(
+            "bench-ingest: plain Tantivy in-process ({at}): {} MB/s per sample (median {:.1})",
+            list(&b.samples),
+            median(&b.samples)
+        );
+        Ok(b)
+    };
+    let mut baselines = vec![baseline("before round 1")?];
+    let mut http: Vec<(&'static str, Vec<HttpRun>)> =
+        vec![("request", Vec::new()), ("async", Vec::new())];
+    for round in 1..=settings.runs {
+        for (durability, runs) in &mut http {
             runs.push(ingest_run(
                 bin,
                 &work,
                 durability,
-                run,
+                round,
                 bytes.len(),
                 &parts,
                 lines,
             )?);
         }
-        http_mbs.push((durability, runs));
+        baselines.push(baseline(&format!("after round {round}"))?);
     }
     drop(bytes);
 
     // The ingest figures stand even if the restart cannot be measured.
-    let restart = restart_bench(bin, &work, settings.restart_docs, settings.runs);
+    let restart = restart_bench(bin, &work, settings.restart_docs, settings.runs.min(2));
     if let Err(why) = &restart {
         eprintln!("bench-ingest: restart: {why}");
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(Ingest {
-        baseline,
-        http_mbs,
+        baselines,
+        http,
         runs: settings.runs,
         restart_docs: settings.restart_docs,
         restart,
     })
+}
+
+/// Figures of one durability against plain Tantivy measured around each run.
+struct Paired {
+    /// MB/s of the measured ingests, one per round.
+    runs: Vec<f64>,
+    /// The mean of the plain medians just before and just after each run.
+    baselines: Vec<f64>,
+    /// The servers' first ingests (cold process), not judged.
+    cold: Vec<f64>,
+}
+
+impl Paired {
+    fn ratio(&self) -> f64 {
+        median(&self.runs) / median(&self.baselines)
+    }
+
+    fn per_round(&self) -> String {
+        self.runs
+            .iter()
+            .zip(&self.baselines)
+            .map(|(r, b)| format!("{r:.1}/{b:.1} = {:.2}", r / b))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn secs_list(xs: &[f64]) -> String {
@@ -795,13 +873,51 @@ impl Ingest {
         )
     }
 
+    /// Plain Tantivy's median per invocation, in order.
+    fn baseline_medians(&self) -> Vec<f64> {
+        self.baselines.iter().map(|b| median(&b.samples)).collect()
+    }
+
+    fn paired(&self, runs: &[HttpRun]) -> Paired {
+        let medians = self.baseline_medians();
+        Paired {
+            runs: runs.iter().map(|r| r.mbs).collect(),
+            baselines: (0..runs.len())
+                .map(|i| match (medians.get(i), medians.get(i + 1)) {
+                    (Some(a), Some(b)) => (a + b) / 2.0,
+                    (Some(a), None) => *a,
+                    _ => f64::NAN,
+                })
+                .collect(),
+            cold: runs.iter().map(|r| r.cold_mbs).collect(),
+        }
+    }
+
+    /// Why the baseline may be off: other processes during it, or the machine's speed moving
+    /// by more than 10 % between invocations.
+    fn noisy(&self) -> Option<String> {
+        let mut why: Vec<String> = self
+            .baselines
+            .iter()
+            .filter_map(|b| b.noisy.clone())
+            .collect();
+        let medians = self.baseline_medians();
+        let (lo, hi) = (min(&medians), max(&medians));
+        if lo > 0.0 && hi / lo > 1.10 {
+            why.push(format!(
+                "plain Tantivy's medians moved from {lo:.1} to {hi:.1} MB/s between invocations \
+                 ({})",
+                list(&medians)
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
     fn checks(&self) -> Vec<Row> {
-        let base_median = median(&self.baseline.samples);
-        let base_best = max(&self.baseline.samples);
         let mut rows = Vec::new();
-        for (durability, runs) in &self.http_mbs {
-            let ratio = median(runs) / base_median;
-            let best_ratio = max(runs) / base_best;
+        for (durability, runs) in &self.http {
+            let p = self.paired(runs);
+            let ratio = p.ratio();
             let min_ratio = min_ratio(durability);
             rows.push(Row {
                 check: format!(
@@ -809,11 +925,12 @@ impl Ingest {
                      in-process"
                 ),
                 measured: format!(
-                    "median {:.1} vs {base_median:.1} MB/s → ratio {ratio:.2} (best {:.1} vs \
-                     {base_best:.1} → {best_ratio:.2}; runs {})",
-                    median(runs),
-                    max(runs),
-                    list(runs)
+                    "median {:.1} vs {:.1} MB/s → ratio {ratio:.2} (per round, run/plain around \
+                     it: {}; each server's first ingest, not judged: {} MB/s)",
+                    median(&p.runs),
+                    median(&p.baselines),
+                    p.per_round(),
+                    list(&p.cold)
                 ),
                 target: format!("ratio ≥ {min_ratio:.2}"),
                 pass: ratio >= min_ratio,
@@ -904,14 +1021,18 @@ impl Ingest {
             md,
             "- plain Tantivy: Criterion `index_json/plain_tantivy` (benches/core.rs): serde_json \
              per line, `_id` STRING|STORED, `title` and `text` TEXT|STORED, default writer \
-             threads, 256 MiB heap, one commit; samples {} MB/s",
-            list(&self.baseline.samples)
+             threads, 256 MiB heap, one commit; one warm-up iteration, 10 samples; run before \
+             the first round and after each (medians {} MB/s)",
+            list(&self.baseline_medians())
         );
         let _ = writeln!(
             md,
             "- ironsift: release `ironsift serve`, explicit schema with the same fields, {CLIENTS} \
              clients POSTing ~{} MiB NDJSON bodies, then one commit; time from the first byte \
-             sent to the commit's answer; {} run(s) per durability",
+             sent to the commit's answer; {} round(s), one server per durability in each: a \
+             warm-up ingest into an index deleted afterwards (the cold figure), then the \
+             measured one into a fresh index; each measured run is paired with the mean of the \
+             plain medians before and after it",
             BATCH_BYTES >> 20,
             self.runs
         );
@@ -926,7 +1047,7 @@ impl Ingest {
                 fmt_duration(restart.ingest)
             );
         }
-        if let Some(why) = &self.baseline.noisy {
+        if let Some(why) = self.noisy() {
             let _ = writeln!(md, "\n**Noisy:** {why}.");
         }
         md.push_str(
@@ -971,13 +1092,27 @@ impl Ingest {
                         .collect(),
                 ),
             ),
-            ("plain_tantivy_mb_s".into(), nums(&self.baseline.samples)),
+            (
+                "plain_tantivy_mb_s".into(),
+                Json::Arr(self.baselines.iter().map(|b| nums(&b.samples)).collect()),
+            ),
             (
                 "http_mb_s".into(),
                 Json::Obj(
-                    self.http_mbs
+                    self.http
                         .iter()
-                        .map(|(d, runs)| (d.to_string(), nums(runs)))
+                        .map(|(d, runs)| {
+                            let p = self.paired(runs);
+                            (
+                                d.to_string(),
+                                Json::Obj(vec![
+                                    ("runs".into(), nums(&p.runs)),
+                                    ("paired_plain".into(), nums(&p.baselines)),
+                                    ("first_ingest".into(), nums(&p.cold)),
+                                    ("ratio".into(), Json::Num(p.ratio())),
+                                ]),
+                            )
+                        })
                         .collect(),
                 ),
             ),
@@ -997,22 +1132,23 @@ impl Ingest {
     /// The comparisons for the combined report's summary: medians of the runs.
     fn summary_rows(&self) -> Vec<summary::Row> {
         let pt = "plain Tantivy";
-        let base = median(&self.baseline.samples);
         let mut rows = Vec::new();
-        for (durability, runs) in &self.http_mbs {
+        for (durability, runs) in &self.http {
+            let p = self.paired(runs);
             let mut row = summary::Row::new(
                 format!(
-                    "bulk NDJSON ingest over HTTP, durability={durability} (median of {} run(s)), \
-                     vs plain Tantivy in-process indexing (`index_json/plain_tantivy`)",
+                    "bulk NDJSON ingest over HTTP, durability={durability} (median of {} run(s), \
+                     each after a warm-up ingest), vs plain Tantivy in-process indexing \
+                     (`index_json/plain_tantivy`, run before and after each)",
                     runs.len()
                 ),
                 Unit::MegabytesPerSec,
-                Some(median(runs)),
-                Some(base),
+                Some(median(&p.runs)),
+                Some(median(&p.baselines)),
                 pt,
                 Some(Target::RatioAtLeast(min_ratio(durability))),
             );
-            row.noisy = self.baseline.noisy.clone();
+            row.noisy = self.noisy();
             rows.push(row);
         }
         let target = Some(Target::Below(MAX_READY_SECS));
