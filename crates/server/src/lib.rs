@@ -60,7 +60,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<u32>,
     shutdown_timeout: Duration,
 ) -> std::io::Result<()> {
-    pool::init_placement();
+    // CPU placement was set up by `AppState::open`, which made `state`.
     let app = routes::app(state.clone());
     let committer = tokio::spawn(commit_loop(state.clone(), shutdown.clone()));
     start_maintenance(&state);
