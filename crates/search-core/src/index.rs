@@ -116,6 +116,26 @@ pub struct SearchIndex {
     wal_floor: AtomicU64,
     /// One snapshot at a time per handle.
     snapshotting: Mutex<()>,
+    /// Set while the disk is full after a failed reopen of the writer.
+    reopen: Mutex<ReopenBackoff>,
+}
+
+/// Reopening a writer replays the log since the last commit, then commits. While the disk is
+/// full that commit fails again; retrying it on every write would replay the same records
+/// over and over (seconds each after a bulk load), so for a while writes are refused at once
+/// with the same answer. The wait doubles from [`ReopenBackoff::FIRST`] up to
+/// [`ReopenBackoff::MAX`] and is forgotten once a reopen succeeds: writes resume within
+/// seconds of space coming back.
+#[derive(Debug, Default)]
+struct ReopenBackoff {
+    until: Option<std::time::Instant>,
+    wait: std::time::Duration,
+    why: String,
+}
+
+impl ReopenBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(2);
 }
 
 /// The writer of an index and, for documents indexes, its write-ahead log: both held by
@@ -226,6 +246,7 @@ impl SearchIndex {
             replay: Mutex::new(None),
             wal_floor: AtomicU64::new(crate::snapshot::wal_floor(dir).unwrap_or(u64::MAX)),
             snapshotting: Mutex::new(()),
+            reopen: Mutex::new(ReopenBackoff::default()),
         })
     }
 
@@ -316,7 +337,7 @@ impl SearchIndex {
     fn with_open<T>(&self, f: impl FnOnce(&mut OpenWriter) -> Result<T>) -> Result<T> {
         let mut guard = self.writer_slot();
         if matches!(*guard, WriterSlot::Idle) {
-            *guard = WriterSlot::Open(Box::new(self.open_slot()?));
+            *guard = WriterSlot::Open(Box::new(self.reopen()?));
         }
         let result = match &mut *guard {
             WriterSlot::Open(w) => f(w),
@@ -352,6 +373,42 @@ impl SearchIndex {
             }
         }
         guard
+    }
+
+    /// [`SearchIndex::open_slot`], unless the disk was full at the last attempt and its wait
+    /// (see [`ReopenBackoff`]) is not over: then the same error at once.
+    fn reopen(&self) -> Result<OpenWriter> {
+        let now = std::time::Instant::now();
+        {
+            let b = lock(&self.reopen);
+            if let Some(until) = b.until.filter(|u| *u > now) {
+                return Err(CoreError::io(
+                    self.dir.join(WAL_DIR),
+                    std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "{} (writes are refused for {} ms more, then the log is replayed \
+                             again)",
+                            b.why,
+                            (until - now).as_millis().max(1)
+                        ),
+                    ),
+                ));
+            }
+        }
+        let opened = self.open_slot();
+        let mut b = lock(&self.reopen);
+        match &opened {
+            Ok(_) => *b = ReopenBackoff::default(),
+            Err(e) if search_error::Classify::code(e) == search_error::ErrorCode::StorageFull => {
+                b.wait = (b.wait * 2).clamp(ReopenBackoff::FIRST, ReopenBackoff::MAX);
+                b.until = Some(std::time::Instant::now() + b.wait);
+                b.why = e.to_string();
+                tracing::warn!(index = %self.name, error = %e, wait_ms = b.wait.as_millis() as u64, "the disk is full: the writer is not reopened (nor the log replayed) before the wait is over");
+            }
+            Err(_) => {}
+        }
+        opened
     }
 
     /// Opens the writer; for documents indexes also the log, applying again every record the

@@ -216,6 +216,65 @@ fn a_failed_directory_write_fails_the_commit_and_loses_nothing() {
     }
 }
 
+/// The disk stays full after a failed commit: reopening the writer replays the log and
+/// commits, which fails again. The next writes are then refused at once (same code, no new
+/// replay) for a short, growing wait; once space is back a write after the wait reopens the
+/// writer and nothing acknowledged is lost.
+#[test]
+fn a_full_disk_is_not_retried_on_every_write() {
+    let _fp = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let idx = catalog(dir.path())
+        .create("d", IndexKind::Documents, None)
+        .unwrap();
+    let mut expect = BTreeSet::new();
+    for id in ids(0..50) {
+        upsert(&idx, &id);
+        expect.insert(id);
+    }
+    fail::cfg(DIR_WRITE, "return(28)").unwrap();
+    let e = idx.commit().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::StorageFull, "{e}");
+    // This write reopens the writer: the replay's commit fails on the full disk.
+    let e = idx
+        .upsert(json!({"id": "refused-1", "text": "x"}))
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::StorageFull, "{e}");
+    assert!(!e.to_string().contains("refused for"), "{e}");
+    // The next ones are refused without replaying again.
+    let started = std::time::Instant::now();
+    for i in 2..20 {
+        let e = idx
+            .upsert(json!({"id": format!("refused-{i}"), "text": "x"}))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::StorageFull, "{e}");
+        if started.elapsed() < std::time::Duration::from_millis(200) {
+            assert!(e.to_string().contains("refused for"), "{e}");
+        }
+    }
+    fail::remove(DIR_WRITE);
+    // Space is back: within the longest wait, writes are accepted again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match idx.upsert(json!({"id": "after", "text": "x"})) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::StorageFull, "{e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes did not resume: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    expect.insert("after".into());
+    idx.commit().unwrap();
+    assert_holds(&idx, &expect);
+    drop(idx);
+    reopen_and_check(dir.path(), &expect);
+}
+
 /// Merges failing (an I/O error or a panic on the merge thread while the merged segment is
 /// written): Tantivy abandons the merge, the segments stay as they were, and the index is
 /// sound with every document; once the fault is gone the next commit merges them.
