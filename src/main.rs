@@ -405,6 +405,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             human_bytes(r.bytes_checked),
                             r.took_ms
                         );
+                        if r.wal_covered_damage > 0 {
+                            println!(
+                                "note     {:<24} the write-ahead log has damage only in records \
+                                 the last commit holds ({}); nothing is lost, they are skipped",
+                                r.index, r.wal_covered_damage
+                            );
+                        }
                     } else {
                         for d in &r.damaged {
                             println!(

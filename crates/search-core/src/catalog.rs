@@ -313,8 +313,12 @@ impl Catalog {
             IndexKind::Documents => {
                 let snaps = crate::snapshot::list_snapshots(&dir)?;
                 let mut rejected = Vec::new();
+                // Sound, and the log still holds every record after it: rolling back to a
+                // snapshot the log does not reach from would drop acknowledged writes.
                 let good = snaps.iter().rev().find(|s| {
-                    match crate::snapshot::snapshot_is_sound(&dir, s) {
+                    let usable = crate::snapshot::snapshot_is_sound(&dir, s)
+                        .and_then(|()| log_reaches_from(&dir, s));
+                    match usable {
                         Ok(()) => true,
                         Err(why) => {
                             rejected.push(format!("{}: {why}", s.id));
@@ -328,7 +332,11 @@ impl Catalog {
                          snapshot` or the server's periodic snapshots)"
                             .into()
                     } else {
-                        format!("no sound snapshot: {}", rejected.join("; "))
+                        format!(
+                            "no snapshot can be rolled back to without losing acknowledged \
+                             writes ({}); nothing was changed",
+                            rejected.join("; ")
+                        )
                     }));
                 };
                 let kept = crate::snapshot::install_snapshot(&dir, good)?;
@@ -406,6 +414,13 @@ impl Catalog {
                 detail: format!("snapshot {}: {why}", chosen.id),
             }
         })?;
+        log_reaches_from(&dir, chosen).map_err(|why| CoreError::RepairImpossible {
+            index: name.to_string(),
+            reason: format!(
+                "restoring snapshot {} would lose acknowledged writes: {why}; nothing was changed",
+                chosen.id
+            ),
+        })?;
         let kept = crate::snapshot::install_snapshot(&dir, chosen)?;
         let index = self.open_index(name)?;
         let stats = index.recover()?;
@@ -466,6 +481,36 @@ impl Catalog {
         fs::rename(&dir, &trash).map_err(|e| CoreError::io(&dir, e))?;
         sync_dir(&self.root)?;
         fs::remove_dir_all(&trash).map_err(|e| CoreError::io(&trash, e))
+    }
+}
+
+/// Whether the write-ahead log holds every record after `snap`'s position, in order and
+/// readable, up to what the index's current commit covers (when its `meta.json` still says):
+/// replaying it over the snapshot then brings back every acknowledged write.
+fn log_reaches_from(
+    dir: &Path,
+    snap: &crate::snapshot::SnapshotInfo,
+) -> std::result::Result<(), String> {
+    let stats = crate::wal::Wal::check(&dir.join(crate::wal::WAL_DIR), snap.wal_seq)
+        .map_err(|e| format!("the write-ahead log does not reach back to it ({e})"))?;
+    let committed = fs::read(dir.join(TANTIVY_DIR).join("meta.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| {
+            let payload = m.get("payload")?.as_str()?.to_string();
+            serde_json::from_str::<serde_json::Value>(&payload)
+                .ok()?
+                .get("wal_seq")?
+                .as_u64()
+        });
+    match committed {
+        Some(c) if c > snap.wal_seq && stats.last_seq < c => Err(format!(
+            "the index's last commit covers records up to {c}, but the write-ahead log ends at \
+             {}: records {}..={c} would be lost",
+            stats.last_seq,
+            stats.last_seq.max(snap.wal_seq) + 1
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -474,6 +474,7 @@ impl SearchIndex {
                 index = %self.name,
                 replayed = stats.replayed,
                 torn_bytes = stats.torn_bytes,
+                covered_damage = stats.covered_damage,
                 took_ms = started.elapsed().as_millis() as u64,
                 "write-ahead log replayed and committed"
             );

@@ -41,6 +41,9 @@ pub struct VerifyReport {
     /// Bytes of a torn final log record (a crash during an append; harmless, cut off on the
     /// next open).
     pub wal_torn_bytes: u64,
+    /// Damaged log bytes (or missing records) holding only records the last commit covers:
+    /// harmless, skipped when the log is opened (see [`crate::ReplayStats::covered_damage`]).
+    pub wal_covered_damage: u64,
     /// Time the check took, in milliseconds.
     pub took_ms: u64,
 }
@@ -101,6 +104,7 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
         files_checked: 0,
         bytes_checked: 0,
         wal_torn_bytes: 0,
+        wal_covered_damage: 0,
         took_ms: 0,
     };
     let meta = match IndexMeta::read(dir) {
@@ -199,7 +203,10 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
             .and_then(|v| v.get("wal_seq").and_then(serde_json::Value::as_u64))
             .unwrap_or(0);
         match Wal::check(&dir.join(WAL_DIR), committed) {
-            Ok(stats) => report.wal_torn_bytes = stats.torn_bytes,
+            Ok(stats) => {
+                report.wal_torn_bytes = stats.torn_bytes;
+                report.wal_covered_damage = stats.covered_damage;
+            }
             Err(e) => report_push(&mut report.damaged, dir.join(WAL_DIR), e.to_string()),
         }
     }

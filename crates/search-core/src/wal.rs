@@ -24,9 +24,12 @@
 //! Records are read in order and must decode, check and follow each other. A bad record at the
 //! end of the last segment with no valid record after it is a torn append (the process died in
 //! the middle of writing it, so it was never acknowledged): it is cut off with a warning.
-//! Anything else — a bad record followed by good ones, a gap between segments, a record that
-//! does not decode — is corruption of acknowledged data and fails the open with
-//! [`CoreError::WalCorrupt`]; nothing is skipped silently.
+//! Damage that can only hold records the index's last commit covers (a bad stretch followed
+//! by a good record numbered at most one past the commit, records missing between segments
+//! below it) loses nothing: it is skipped with a warning and counted
+//! ([`ReplayStats::covered_damage`]). Anything else — a bad record followed by good ones past
+//! the commit, a gap above it, a record that does not decode — is corruption of acknowledged
+//! data and fails the open with [`CoreError::WalCorrupt`]; nothing is skipped silently.
 //!
 //! # Failures while appending
 //! A failed write is cut back to where the segment ended before it (nothing of it remains, and
@@ -117,6 +120,12 @@ pub struct ReplayStats {
     pub skipped: u64,
     /// Bytes of a torn final record cut off (a crash in the middle of an append).
     pub torn_bytes: u64,
+    /// Damaged bytes, or records missing between segments, holding only records the last
+    /// commit already covers: nothing acknowledged is lost, they are skipped (with a warning)
+    /// and go with the segment once it is truncated.
+    pub covered_damage: u64,
+    /// The last record in the log (0: none).
+    pub last_seq: u64,
 }
 
 #[derive(Debug)]
@@ -302,20 +311,27 @@ impl Wal {
             detail,
         };
         let count = segments.len();
+        let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
         let mut current: Option<(PathBuf, u64, u64)> = None;
         for (i, (first_seq, path)) in segments.drain(..).enumerate() {
             let is_last = i + 1 == count;
             if let Some(last) = last_seq
                 && first_seq != last + 1
             {
-                return Err(corrupt(
-                    &path,
-                    0,
-                    format!(
-                        "segment starts at record {first_seq}, but the previous one ended at \
-                         {last}: records are missing"
-                    ),
-                ));
+                if first_seq > last + 1 && first_seq - 1 <= committed_seq {
+                    // E.g. a segment's covered tail was lost: the commit holds those records.
+                    tracing::warn!(wal = %path.display(), missing_from = last + 1, missing_to = first_seq - 1, committed_seq, "write-ahead log records are missing, but the last commit covers them");
+                    stats.covered_damage += first_seq - last - 1;
+                } else {
+                    return Err(corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "segment starts at record {first_seq}, but the previous one ended \
+                             at {last}: records are missing"
+                        ),
+                    ));
+                }
             }
             if last_seq.is_none() && first_seq > committed_seq + 1 {
                 return Err(corrupt(
@@ -359,8 +375,38 @@ impl Wal {
                         offset += size as u64;
                     }
                     Err(what) => {
-                        drop(reader);
                         let rest = read_from(&path, offset)?;
+                        // Where the records go on after the bad bytes: a good record further
+                        // in this segment, or the next segment.
+                        let resume = match next_valid_record(&rest, expected) {
+                            Some((at, seq)) => Some((Some(at), seq)),
+                            None => firsts.get(i + 1).map(|n| (None, *n)),
+                        };
+                        if let Some((at, next)) = resume
+                            && expected <= committed_seq
+                            && next - 1 <= committed_seq
+                        {
+                            // Every record the bad bytes can hold is in the last commit.
+                            let bytes = at.map_or(rest.len(), |a| a) as u64;
+                            tracing::warn!(wal = %path.display(), offset, bytes, records_from = expected, records_to = next - 1, committed_seq, "skipping damaged write-ahead log records the last commit covers");
+                            stats.covered_damage += bytes;
+                            match at {
+                                Some(at) => {
+                                    offset += at as u64;
+                                    io::Seek::seek(&mut reader, io::SeekFrom::Start(offset))
+                                        .map_err(|e| CoreError::io(&path, e))?;
+                                    expected = next;
+                                    continue;
+                                }
+                                None => {
+                                    offset += bytes;
+                                    expected = next;
+                                    last_seq = Some(next - 1);
+                                    break;
+                                }
+                            }
+                        }
+                        drop(reader);
                         if !is_last || has_valid_record_after(&rest, expected) {
                             return Err(corrupt(
                                 &path,
@@ -402,6 +448,7 @@ impl Wal {
                 });
             }
         }
+        stats.last_seq = last_seq.unwrap_or(0);
         let written_seq = last_seq.unwrap_or(0).max(committed_seq);
         if read_only {
             return Ok((None, stats));
@@ -746,9 +793,16 @@ fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>> {
 /// Whether a whole, checked record numbered `expected` or later starts anywhere in `bytes`
 /// (past its first byte): then the bad bytes before it are not a torn final append.
 fn has_valid_record_after(bytes: &[u8], expected: u64) -> bool {
-    (1..bytes.len()).any(|at| {
-        decode_at(&bytes[at..])
-            .is_some_and(|(seq, payload, _)| seq >= expected && decode_payload(payload).is_some())
+    next_valid_record(bytes, expected).is_some()
+}
+
+/// The first whole, checked record numbered `expected` or later that starts in `bytes` past
+/// its first byte: `(offset, seq)`.
+fn next_valid_record(bytes: &[u8], expected: u64) -> Option<(usize, u64)> {
+    (1..bytes.len()).find_map(|at| {
+        decode_at(&bytes[at..]).and_then(|(seq, payload, _)| {
+            (seq >= expected && decode_payload(payload).is_some()).then_some((at, seq))
+        })
     })
 }
 
@@ -872,6 +926,82 @@ mod tests {
         let (_, got, stats) = collect(tmp.path(), 0).unwrap();
         assert_eq!(got.len(), 9);
         assert!(stats.torn_bytes > 0);
+    }
+
+    #[test]
+    fn damage_the_last_commit_covers_is_skipped_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(tmp.path(), 0).unwrap();
+        for i in 1..=10 {
+            wal.append(&[up(&format!("d{i}"), "{\"k\":\"value\"}")])
+                .unwrap();
+        }
+        wal.sync_all().unwrap();
+        let path = lock(&wal.state).path.clone();
+        drop(wal);
+        let good = fs::read(&path).unwrap();
+        let rec = good.len() / 10;
+        // A flipped byte inside record 4.
+        let mut bytes = good.clone();
+        bytes[3 * rec + rec / 2] ^= 0x5a;
+        fs::write(&path, &bytes).unwrap();
+        // The commit covers records 1-3 only: record 4 is acknowledged and lost. Refuse.
+        assert!(matches!(
+            collect(tmp.path(), 3).unwrap_err(),
+            CoreError::WalCorrupt { .. }
+        ));
+        assert!(Wal::check(tmp.path(), 3).is_err());
+        // The commit covers 1-6: nothing lost; 7-10 are replayed, the bad record skipped.
+        let stats = Wal::check(tmp.path(), 6).unwrap();
+        assert_eq!(stats.covered_damage, rec as u64);
+        let (wal, got, stats) = collect(tmp.path(), 6).unwrap();
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+        assert_eq!(stats.covered_damage, rec as u64);
+        // Appends go on after the last record and read back.
+        wal.append(&[up("d11", "{}")]).unwrap();
+        wal.sync_all().unwrap();
+        drop(wal);
+        let (_, got, _) = collect(tmp.path(), 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 11);
+    }
+
+    #[test]
+    fn a_lost_covered_tail_is_not_a_gap_in_acknowledged_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(tmp.path(), 0).unwrap();
+        for i in 1..=5 {
+            wal.append(&[up(&format!("d{i}"), "{}")]).unwrap();
+        }
+        wal.sync_all().unwrap();
+        let path = lock(&wal.state).path.clone();
+        drop(wal);
+        // The last record (5, committed) loses its end: cut off as a torn append.
+        let len = fs::metadata(&path).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (wal, got, stats) = collect(tmp.path(), 5).unwrap();
+        assert!(got.is_empty());
+        assert!(stats.torn_bytes > 0);
+        // The next record is numbered after the commit, in a new segment...
+        let t = wal.append(&[up("d6", "{}")]).unwrap().unwrap();
+        assert_eq!(t.seq, 6);
+        wal.sync_all().unwrap();
+        drop(wal);
+        // ...and the gap below it (record 5, committed) does not stop the next open.
+        let stats = Wal::check(tmp.path(), 5).unwrap();
+        assert_eq!(stats.covered_damage, 1);
+        let (_, got, _) = collect(tmp.path(), 5).unwrap();
+        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [6]);
+        // Against an older commit the same gap is acknowledged records missing.
+        assert!(collect(tmp.path(), 4).is_err());
     }
 
     #[test]

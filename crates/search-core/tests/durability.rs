@@ -281,3 +281,83 @@ fn snapshots_are_independent_copies_and_restore_replays_the_log() {
         assert_eq!(idx.get(id).unwrap().unwrap()["v"], Value::from(v));
     }
 }
+
+/// Repair and restore check that the log reaches from the snapshot to the last commit before
+/// they touch anything: a log that lost records (deleted by hand) makes them refuse, and the
+/// index is left exactly as it was (still damaged, every file in place), not rolled back.
+#[test]
+fn a_rollback_that_would_lose_writes_is_refused_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(root.path()).unwrap();
+    let idx = cat.create("d", IndexKind::Documents, None).unwrap();
+    for i in 0..100 {
+        idx.upsert(json!({"id": format!("a{i}"), "text": "first"}))
+            .unwrap();
+    }
+    idx.commit().unwrap();
+    idx.snapshot().unwrap();
+    for i in 0..50 {
+        idx.upsert(json!({"id": format!("b{i}"), "text": "second"}))
+            .unwrap();
+    }
+    idx.commit().unwrap();
+    drop(idx);
+    // The log after the snapshot is lost (all of it was committed: nothing is missing yet).
+    for e in fs::read_dir(root.path().join("d/wal")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let cat = Catalog::open(root.path()).unwrap();
+    assert!(cat.verify("d").unwrap().is_sound());
+    let idx = cat.open_index("d").unwrap();
+    idx.upsert(json!({"id": "c", "text": "third"})).unwrap();
+    idx.commit().unwrap();
+    drop(idx);
+    // Now a segment file is damaged: rolling back to the snapshot would drop the 50 b's.
+    let tdir = root.path().join("d/index");
+    let f = segment_files(&tdir)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .unwrap();
+    let mut bytes = fs::read(&f).unwrap();
+    bytes[10] ^= 0xff;
+    fs::write(&f, &bytes).unwrap();
+    let listing = |dir: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = (
+        listing(root.path()),
+        listing(&root.path().join("d")),
+        listing(&tdir),
+    );
+    let cat = Catalog::open(root.path()).unwrap();
+    assert!(!cat.verify("d").unwrap().is_sound());
+    let e = cat.repair("d").unwrap_err();
+    assert!(
+        matches!(e, search_core::CoreError::RepairImpossible { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    let e = cat.restore("d", None).unwrap_err();
+    assert!(
+        e.to_string().contains("would lose acknowledged writes"),
+        "{e}"
+    );
+    let after = (
+        listing(root.path()),
+        listing(&root.path().join("d")),
+        listing(&tdir),
+    );
+    assert_eq!(before, after, "a refused repair must not move files");
+    assert_eq!(fs::read(&f).unwrap(), bytes);
+}
