@@ -50,7 +50,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, u16)] = &[
     (
         "delete",
         "/v1/indexes/{name}/documents/{id}",
-        "Delete a document by id. ?refresh=wait_for answers once applied.",
+        "Delete a document by id (idempotent: 200 whether or not it existed; `found` says whether a searchable document had the id, so a write not yet refreshed shows false though it is deleted too). ?refresh=wait_for answers once applied.",
         200,
     ),
     (

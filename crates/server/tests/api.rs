@@ -286,20 +286,42 @@ both_transports! {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["found"], true, "{}", r.text);
     assert_error(
         &a.get("/v1/indexes/docs/documents/1").await,
         404,
         "not_found",
     );
-    assert_error(
-        &a.send(
+    // Deleting again is a success that found nothing (deletes are idempotent).
+    let r = a
+        .send(
             "DELETE",
             "/v1/indexes/docs/documents/1",
             None,
             Body::empty(),
             None,
         )
-        .await,
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["found"], false, "{}", r.text);
+    // A document acknowledged but not yet refreshed is deleted too, and the answer says so
+    // with a success, not a 404.
+    let r = a
+        .post_json("/v1/indexes/docs/documents", json!([{"id": "fresh", "title": "new"}]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a
+        .send(
+            "DELETE",
+            "/v1/indexes/docs/documents/fresh?refresh=wait_for",
+            None,
+            Body::empty(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_error(
+        &a.get("/v1/indexes/docs/documents/fresh").await,
         404,
         "not_found",
     );
