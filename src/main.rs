@@ -48,6 +48,54 @@ pub(crate) const DEFAULT_HEAP_MB: usize = 256;
 /// Exit code when a batch was applied but some input lines were rejected.
 const EXIT_PARTIAL: u8 = 3;
 
+/// Standard output could not be written (a closed pipe, a full disk).
+#[derive(Debug)]
+struct Output(io::Error);
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write the output: {}", self.0)
+    }
+}
+
+impl std::error::Error for Output {}
+
+/// A command refused an index that fails its checks (exit code 4).
+#[derive(Debug)]
+struct Damaged(String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// `println!` that returns [`Output`] instead of panicking when stdout is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(io::stdout().lock(), $($arg)*).map_err(Output)?
+    };
+}
+
+/// Fails with [`Damaged`] when index `name` exists and fails its checks (checksums, segments,
+/// log): commands never read from or write to a damaged index, as the server does not.
+fn ensure_sound(engine: &Engine, name: &str) -> Result<()> {
+    let report = match engine.catalog().verify(name) {
+        Ok(r) => r,
+        Err(_) => return Ok(()), // missing or unnamed: the command itself says so
+    };
+    if report.is_sound() {
+        return Ok(());
+    }
+    Err(Damaged(format!(
+        "{}; nothing was read or written: repair it with `ironsift repair --index {name}`",
+        report.summary()
+    ))
+    .into())
+}
+
 #[derive(Parser)]
 #[command(
     name = "ironsift",
@@ -56,7 +104,8 @@ const EXIT_PARTIAL: u8 = 3;
     long_about = "Full-text search on Tantivy that stays up and loses nothing.\n\n\
         Index a folder of text/code (`ironsift index DIR`) or JSON lines (`ironsift add FILE`), \
         then search them (`ironsift search QUERY`). Exit codes: 0 success, 1 error, \
-        2 bad usage, 3 some input lines were rejected (the rest was kept)."
+        2 bad usage, 3 some input lines were rejected (the rest was kept), 4 an index is \
+        damaged (found by `verify`, left damaged by `repair`, or refused by another command)."
 )]
 struct Cli {
     /// Data directory holding the indexes [default: ./ironsift-data].
@@ -230,12 +279,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One readable line: the outermost context and the root cause.
+            if let Some(Output(io)) = e.downcast_ref::<Output>()
+                && io.kind() == io::ErrorKind::BrokenPipe
+            {
+                // The reader went away (`| head`): nothing more to say, as other tools do.
+                return ExitCode::SUCCESS;
+            }
+            // One readable line: the outermost context and the root cause, unless the
+            // message already ends with it.
             let mut msg = e.to_string();
             if let Some(cause) = e.chain().nth(1) {
-                msg = format!("{msg}: {cause}");
+                let cause = cause.to_string();
+                if !msg.ends_with(&cause) {
+                    msg = format!("{msg}: {cause}");
+                }
             }
             let _ = writeln!(io::stderr(), "ironsift: error: {msg}");
+            if e.downcast_ref::<Damaged>().is_some() {
+                return ExitCode::from(4);
+            }
             ExitCode::FAILURE
         }
     }
@@ -278,6 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             json,
         } => {
+            ensure_sound(&engine, index_name)?;
             let index = engine.open_or_create(index_name, IndexKind::Files)?;
             let opts = IndexDirOptions {
                 max_file_bytes: *max_file_size,
@@ -288,11 +351,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             index_dir(&index, dir, &opts, *quiet, *json)
         }
-        Command::Add { file, json } => add(
-            &engine.open_or_create(index_name, IndexKind::Documents)?,
-            file,
-            *json,
-        ),
+        Command::Add { file, json } => {
+            ensure_sound(&engine, index_name)?;
+            add(
+                &engine.open_or_create(index_name, IndexKind::Documents)?,
+                file,
+                *json,
+            )
+        }
         Command::Search {
             query,
             limit,
@@ -300,6 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             no_highlight,
         } => {
+            ensure_sound(&engine, index_name)?;
             let index = engine.index(index_name)?;
             let req = SearchRequest::new(query.clone())
                 .limit(*limit)
@@ -308,23 +375,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             search(&index, &req, *json)
         }
         Command::Get { id } => {
+            ensure_sound(&engine, index_name)?;
             let index = engine.index(index_name)?;
             match index.get(id)? {
                 Some(doc) => {
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    say!("{}", serde_json::to_string_pretty(&doc)?);
                     Ok(ExitCode::SUCCESS)
                 }
                 None => bail!("document {id:?} not found in index {:?}", index_name),
             }
         }
         Command::Delete { id } => {
+            ensure_sound(&engine, index_name)?;
             let index = engine.index(index_name)?;
             let existed = index.delete(id)?;
             index.commit()?;
             if !existed {
                 bail!("document {id:?} not found in index {:?}", index_name);
             }
-            println!("deleted {id:?} from {:?}", index_name);
+            say!("deleted {id:?} from {:?}", index_name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
@@ -332,21 +401,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(name) => vec![name.clone()],
                 None => engine.catalog().list()?,
             };
+            // One index that cannot be read does not hide the others: it is listed with
+            // its problem, and the exit code says something was wrong.
             let mut all = Vec::new();
+            let mut failed = Vec::new();
             for name in names {
-                all.push(engine.index(&name)?.stats()?);
+                let stats =
+                    ensure_sound(&engine, &name).and_then(|()| Ok(engine.index(&name)?.stats()?));
+                match stats {
+                    Ok(s) => all.push(s),
+                    // Asked for by name: its error is the command's.
+                    Err(e) if cli.index.is_some() => return Err(e),
+                    Err(e) => failed.push((name, e)),
+                }
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else if all.is_empty() {
-                println!("no indexes in {}", data_dir(&cli).display());
+                let mut v = serde_json::to_value(&all)?;
+                if let Some(list) = v.as_array_mut() {
+                    for (name, e) in &failed {
+                        list.push(serde_json::json!({"name": name, "error": e.to_string()}));
+                    }
+                }
+                say!("{}", serde_json::to_string_pretty(&v)?);
+            } else if all.is_empty() && failed.is_empty() {
+                say!("no indexes in {}", data_dir(&cli).display());
             } else {
-                println!(
+                say!(
                     "{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}",
-                    "INDEX", "KIND", "DOCS", "DELETED", "SEGMENTS", "SIZE"
+                    "INDEX",
+                    "KIND",
+                    "DOCS",
+                    "DELETED",
+                    "SEGMENTS",
+                    "SIZE"
                 );
                 for s in all {
-                    println!(
+                    say!(
                         "{:<24} {:<10} {:>10} {:>9} {:>9} {:>10}",
                         s.name,
                         s.kind.as_str(),
@@ -356,6 +446,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         human_bytes(s.bytes_on_disk)
                     );
                 }
+                for (name, e) in &failed {
+                    say!("{name:<24} unreadable: {e}");
+                }
+            }
+            if failed
+                .iter()
+                .any(|(_, e)| e.downcast_ref::<Damaged>().is_some())
+            {
+                return Ok(ExitCode::from(4));
+            }
+            if !failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -375,7 +477,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Kind::Files => IndexKind::Files,
             };
             engine.catalog().create(name, kind, spec)?;
-            println!(
+            say!(
                 "created {} index {name:?} in {}",
                 kind.as_str(),
                 data_dir(&cli).display()
@@ -394,11 +496,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let damaged = reports.iter().filter(|r| !r.is_sound()).count();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
+                say!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
                     if r.is_sound() {
-                        println!(
+                        say!(
                             "ok       {:<24} {} files, {} checked in {} ms",
                             r.index,
                             r.files_checked,
@@ -406,15 +508,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             r.took_ms
                         );
                         if r.wal_covered_damage > 0 {
-                            println!(
+                            say!(
                                 "note     {:<24} the write-ahead log has damage only in records \
                                  the last commit holds ({}); nothing is lost, they are skipped",
-                                r.index, r.wal_covered_damage
+                                r.index,
+                                r.wal_covered_damage
                             );
                         }
                     } else {
                         for d in &r.damaged {
-                            println!(
+                            say!(
                                 "DAMAGED  {:<24} {}: {}",
                                 r.index,
                                 d.file.display(),
@@ -437,7 +540,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let index = engine.index(index_name)?;
             if *list {
                 for s in index.snapshots()? {
-                    println!(
+                    say!(
                         "{}  {} docs  {}  (log position {})",
                         s.id,
                         s.docs,
@@ -451,7 +554,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let s = index.snapshot()?;
             let pruned = index.prune_snapshots(*keep)?;
             index.close_writer();
-            println!(
+            say!(
                 "snapshot {} of {index_name:?}: {} docs, {} ({} copied){}",
                 s.id,
                 s.docs,
@@ -467,12 +570,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Restore { snapshot } => {
             let r = engine.catalog().restore(index_name, snapshot.as_deref())?;
-            print_repair(&r);
+            print_repair(&r)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Repair => {
             let r = engine.catalog().repair(index_name)?;
-            print_repair(&r);
+            print_repair(&r)?;
             Ok(if r.after.is_sound() {
                 ExitCode::SUCCESS
             } else {
@@ -481,18 +584,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DeleteIndex { name } => {
             engine.catalog().delete(name)?;
-            println!("deleted index {name:?}");
+            say!("deleted index {name:?}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn print_repair(r: &ironsift::RepairReport) {
-    println!("{}: {}", r.index, r.action);
+fn print_repair(r: &ironsift::RepairReport) -> Result<()> {
+    say!("{}: {}", r.index, r.action);
     if let Some(p) = &r.damaged_kept_at {
-        println!("replaced files kept in {}", p.display());
+        say!("replaced files kept in {}", p.display());
     }
-    println!("{}", r.after.summary());
+    if r.action != r.after.summary() && !r.action.starts_with("nothing to do") {
+        say!("{}", r.after.summary());
+    }
+    Ok(())
 }
 
 fn human_bytes(b: u64) -> String {
@@ -547,7 +653,7 @@ pub(crate) fn index_dir(
     bar.finish_and_clear();
     let report = report?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     const SHOWN: usize = 20;
@@ -560,7 +666,7 @@ pub(crate) fn index_dir(
     if report.warnings.len() > SHOWN {
         eprintln!("warning: ... and {} more", report.warnings.len() - SHOWN);
     }
-    println!(
+    say!(
         "indexed {} files ({:.1} MB, {} chunks) in {:.2} s, {:.1} MB/s; {} unchanged, {} skipped ({} binary, {} too large), {} failed, {} removed",
         report.files_indexed,
         report.bytes_indexed as f64 / 1e6,
@@ -587,7 +693,7 @@ fn add(index: &SearchIndex, file: &str, json: bool) -> Result<ExitCode> {
     };
     index.commit()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         const SHOWN: usize = 20;
         for e in report.errors.iter().take(SHOWN) {
@@ -599,7 +705,7 @@ fn add(index: &SearchIndex, file: &str, json: bool) -> Result<ExitCode> {
                 report.errors.len() - SHOWN
             );
         }
-        println!(
+        say!(
             "added {} documents to {:?} in {:.2} s; {} lines rejected",
             report.indexed,
             index.name(),
@@ -621,7 +727,7 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
     if json {
         let mut v = serde_json::to_value(&resp)?;
         v["took_ms"] = serde_json::json!(took.as_secs_f64() * 1e3);
-        println!("{}", serde_json::to_string(&v)?);
+        say!("{}", serde_json::to_string(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let color = io::stdout().is_terminal();
@@ -642,19 +748,20 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
             "{bold}{}{plain}  ({:.2})",
             hit_title(index, hit),
             hit.score
-        )?;
+        )
+        .map_err(Output)?;
         for (field, hl) in &hit.highlights {
             let text = one_line(&hl.marked(on, off));
             if index.kind() == IndexKind::Files {
-                writeln!(out, "    {text}")?;
+                writeln!(out, "    {text}").map_err(Output)?;
             } else {
-                writeln!(out, "    {field}: {text}")?;
+                writeln!(out, "    {field}: {text}").map_err(Output)?;
             }
         }
         if hit.highlights.is_empty()
             && let Some(text) = preview(hit)
         {
-            writeln!(out, "    {text}")?;
+            writeln!(out, "    {text}").map_err(Output)?;
         }
     }
     let shown = resp.hits.len();
@@ -667,7 +774,8 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
             out,
             "no hits ({total} matching) in {:.1} ms",
             took.as_secs_f64() * 1e3
-        )?;
+        )
+        .map_err(Output)?;
     } else {
         writeln!(
             out,
@@ -675,7 +783,8 @@ fn search(index: &SearchIndex, req: &SearchRequest, json: bool) -> Result<ExitCo
             req.offset + 1,
             req.offset + shown,
             took.as_secs_f64() * 1e3
-        )?;
+        )
+        .map_err(Output)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -258,6 +258,129 @@ fn a_second_writer_process_fails_fast_naming_the_lock() {
     assert_one_line_error(&o, ".tantivy-writer.lock");
     // Reading works meanwhile.
     assert!(ironsift(data.path(), &["search", ""]).status.success());
+    // Deleting the index is refused too: it would pull the files from under the writer.
+    let o = ironsift(data.path(), &["delete-index", "default"]);
+    assert_one_line_error(&o, ".tantivy-writer.lock");
+    assert!(data.path().join("default").is_dir());
+    drop(idx);
+    drop(engine);
+    assert!(
+        ironsift(data.path(), &["delete-index", "default"])
+            .status
+            .success()
+    );
+}
+
+/// Commands check an index before using it: a damaged one is refused with exit 4 and one
+/// line naming the file, never a panic or a wrong answer; `stats` still lists the others.
+#[test]
+fn commands_refuse_a_damaged_index_and_stats_lists_the_rest() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("docs.jsonl");
+    let mut lines = String::new();
+    for i in 0..500 {
+        lines.push_str(&format!("{{\"id\":{i},\"text\":\"word{i} common\"}}\n"));
+    }
+    fs::write(&file, lines).unwrap();
+    for name in ["bad", "good"] {
+        let o = ironsift(data.path(), &["-i", name, "add", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let seg = fs::read_dir(data.path().join("bad/index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&seg, bytes).unwrap();
+    for args in [
+        &["-i", "bad", "search", "common"][..],
+        &["-i", "bad", "get", "7"],
+        &["-i", "bad", "delete", "7"],
+        &["-i", "bad", "add", file.to_str().unwrap()],
+        &["-i", "bad", "stats"],
+    ] {
+        let o = ironsift(data.path(), args);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {}", stderr(&o));
+        assert_one_line_error(&o, "ironsift repair --index bad");
+        assert!(stderr(&o).contains(".idx"), "{}", stderr(&o));
+    }
+    let o = ironsift(data.path(), &["stats"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("good") && out.contains("500"), "{out}");
+    assert!(out.contains("bad") && out.contains("damaged"), "{out}");
+    // The healthy index is untouched by all of it.
+    let o = ironsift(data.path(), &["-i", "good", "search", "common", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Output to a reader that went away ends quietly; a full disk is one error line.
+#[test]
+fn closed_pipes_and_full_disks_are_not_panics() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("docs.jsonl");
+    let mut lines = String::new();
+    for i in 0..2000 {
+        lines.push_str(&format!("{{\"id\":{i},\"text\":\"common words {i}\"}}\n"));
+    }
+    fs::write(&file, lines).unwrap();
+    assert!(
+        ironsift(data.path(), &["add", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    for args in [
+        &["search", "common", "-n", "1000", "--json"][..],
+        &["search", "common", "-n", "1000"],
+        &["stats", "--json"],
+    ] {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data.path())
+            .args(args)
+            .env_remove("IRONSIFT_INDEX")
+            .env_remove("IRONSIFT_DATA")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    if Path::new("/dev/full").exists() {
+        let o = Command::new(BIN)
+            .arg("--data")
+            .arg(data.path())
+            .args(["get", "5"])
+            .env_remove("IRONSIFT_INDEX")
+            .env_remove("IRONSIFT_DATA")
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, "cannot write the output");
+    }
+}
+
+/// The data folder inside the indexed tree is not indexed (`cd project; ironsift index .`).
+#[test]
+fn the_data_folder_is_not_indexed() {
+    let tree = tempfile::tempdir().unwrap();
+    fs::write(tree.path().join("a.txt"), "project words\n").unwrap();
+    let data = tree.path().join("ironsift-data");
+    for _ in 0..2 {
+        let o = ironsift(&data, &["index", tree.path().to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = ironsift(&data, &["index", tree.path().to_str().unwrap()]);
+    assert!(stdout(&o).contains("indexed 0 files"), "{}", stdout(&o));
+    let o = ironsift(&data, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats[0]["docs"], 1, "{stats}");
 }
 
 fn euid() -> u32 {

@@ -463,7 +463,9 @@ impl Catalog {
     }
 
     /// Deletes an index and its files. The folder is first renamed away, so the index
-    /// disappears atomically even if removing the files is interrupted.
+    /// disappears atomically even if removing the files is interrupted. Fails with
+    /// [`CoreError::WriterLocked`] while a writer (a running server, another command) holds
+    /// the index; the lock is held until the folder is renamed away.
     pub fn delete(&self, name: &str) -> Result<()> {
         validate_index_name(name)?;
         let dir = self.index_dir(name);
@@ -473,6 +475,20 @@ impl Catalog {
                 root: self.root.clone(),
             });
         }
+        let lock = dir.join(TANTIVY_DIR).join(".tantivy-writer.lock");
+        let _held = match fs::File::open(&lock) {
+            Ok(file) => match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(CoreError::WriterLocked {
+                        name: name.to_string(),
+                        lock,
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(CoreError::io(&lock, e)),
+            },
+            Err(_) => None, // no lock file: nobody ever wrote
+        };
         let trash = self.root.join(format!(
             ".deleted-{name}-{}-{}",
             std::process::id(),

@@ -253,6 +253,9 @@ impl SearchIndex {
             });
         }
         let before = self.indexed_files()?;
+        // The data folder holding this index is never indexed (`ironsift index .` with the
+        // data folder inside the tree would index its own files, changed by every run).
+        let data_root = self.dir().parent().and_then(|d| fs::canonicalize(d).ok());
         let mut seen: HashSet<String> = HashSet::with_capacity(before.len());
         let mut report = IndexDirReport::default();
         let mut prog = DirProgress::default();
@@ -272,6 +275,7 @@ impl SearchIndex {
             // Name order: deterministic document order, and neighbouring files (often alike)
             // land in the same store blocks and segments.
             .sort_by_file_name(|a, b| a.cmp(b))
+            .filter_entry(move |e| data_root.as_deref() != Some(e.path()))
             .build();
 
         let mut buf = Vec::new();
