@@ -699,10 +699,10 @@ fn add(index: &SearchIndex, file: &str, json: bool) -> Result<ExitCode> {
         for e in report.errors.iter().take(SHOWN) {
             eprintln!("line {}: {}", e.line, e.reason);
         }
-        if report.errors.len() > SHOWN {
+        if report.failed > SHOWN as u64 {
             eprintln!(
                 "... and {} more rejected lines",
-                report.errors.len() - SHOWN
+                report.failed - SHOWN as u64
             );
         }
         say!(

@@ -84,9 +84,14 @@ pub struct IngestReport {
     pub indexed: u64,
     /// Lines or elements rejected.
     pub failed: u64,
-    /// Why each rejected line failed (1-based line or element number).
+    /// Why each rejected line failed (1-based line or element number): the first
+    /// [`MAX_LINE_ERRORS`]; `failed` counts them all.
     pub errors: Vec<LineError>,
 }
+
+/// Rejected lines listed in an [`IngestReport`] (a body of a million bad lines would
+/// otherwise be answered with a list far larger than itself).
+pub const MAX_LINE_ERRORS: usize = 1000;
 
 /// A rejected input line.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -1091,10 +1096,12 @@ impl<'i, 'a> Batch<'i, 'a> {
             }
             Err(e @ (CoreError::InvalidDocument { .. } | CoreError::InvalidParameter { .. })) => {
                 self.report.failed += 1;
-                self.report.errors.push(LineError {
-                    line: item,
-                    reason: e.to_string(),
-                });
+                if self.report.errors.len() < MAX_LINE_ERRORS {
+                    self.report.errors.push(LineError {
+                        line: item,
+                        reason: e.to_string(),
+                    });
+                }
                 Ok(())
             }
             Err(other) => Err(other),

@@ -44,7 +44,9 @@ pub use error::{CoreError, Result};
 pub use files::{
     BINARY_SNIFF_BYTES, DirProgress, IndexDirOptions, IndexDirReport, WalkWarning, language_of,
 };
-pub use index::{IndexConfig, IndexStats, IngestReport, LineError, MAX_ID_BYTES, SearchIndex};
+pub use index::{
+    IndexConfig, IndexStats, IngestReport, LineError, MAX_ID_BYTES, MAX_LINE_ERRORS, SearchIndex,
+};
 pub use integrity::{Damage, VerifyReport, verify_index_dir};
 pub use query::QueryLimits;
 pub use render::{DocCache, Rendered};

@@ -355,3 +355,21 @@ fn hits_serialize_straight_from_storage_like_their_json_form() {
         false
     );
 }
+
+/// A body of many bad lines is answered with the count of all of them but only the first
+/// `MAX_LINE_ERRORS` listed: the answer stays small whatever the input.
+#[test]
+fn the_list_of_rejected_lines_is_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = search_core::Catalog::open(tmp.path()).unwrap();
+    let idx = cat
+        .create("d", search_core::IndexKind::Documents, None)
+        .unwrap();
+    let mut body = "x\n".repeat(50_000);
+    body.push_str("{\"id\":\"ok\"}\n");
+    let report = idx.ingest_ndjson(body.as_bytes()).unwrap();
+    assert_eq!(report.failed, 50_000);
+    assert_eq!(report.indexed, 1);
+    assert_eq!(report.errors.len(), search_core::MAX_LINE_ERRORS);
+    assert_eq!(report.errors[0].line, 1);
+}

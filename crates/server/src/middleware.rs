@@ -181,6 +181,24 @@ fn key_in(key: &[u8], keys: &[String]) -> bool {
     })
 }
 
+/// Refuses request bodies in a content encoding (gzip, br...): they are not decoded, and
+/// reading compressed bytes as JSON would only report every line as malformed.
+pub(crate) async fn refuse_encoded_bodies(req: Request, next: Next) -> Response {
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+        let enc = String::from_utf8_lossy(enc.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
+        if !enc.is_empty() && enc != "identity" {
+            return ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("Content-Encoding {enc:?} is not accepted; send the body uncompressed"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// Checks `Authorization: Bearer <key>` when keys are configured. Keys are never logged.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,

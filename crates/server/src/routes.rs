@@ -64,6 +64,9 @@ pub fn app_with(extra: Router<AppState>, state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(
+            crate::middleware::refuse_encoded_bodies,
+        ))
         // Inside authentication: a client is its (valid) API key, or its address.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -129,6 +132,59 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         rejection(r.status(), r.body_text())
+    }
+}
+
+/// A JSON request body that must be an object: serde would otherwise fill a struct from an
+/// array too (`["name"]` creating an index, `[]` searching for everything).
+struct JsonObject<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let m = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| rejection(r.status(), r.body_text()))?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            first => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "the request body must be a JSON object{}",
+                        match first {
+                            Some(b'[') => ", not an array",
+                            None => ", not empty",
+                            _ => "",
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(JsonObject(Json::<T>::from_bytes(&bytes)?.0))
     }
 }
 
@@ -261,9 +317,9 @@ fn documents() -> IndexKind {
 
 async fn create_index(
     State(state): State<AppState>,
-    body: Result<Json<CreateIndex>, JsonRejection>,
+    body: Result<JsonObject<CreateIndex>, ApiError>,
 ) -> ApiResult {
-    let Json(req) = body?;
+    let JsonObject(req) = body?;
     let entry = blocking(move || state.create_index(&req.name, req.kind, req.schema)).await?;
     Ok(json(StatusCode::CREATED, &info(&entry)?))
 }
@@ -888,11 +944,11 @@ async fn search_post(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<SearchOptions>, QueryRejection>,
-    body: Result<Json<SearchRequest>, JsonRejection>,
+    body: Result<JsonObject<SearchRequest>, ApiError>,
 ) -> ApiResult {
     let Path(name) = name?;
     let Query(mut opts) = params?;
-    let Json(req) = body?;
+    let JsonObject(req) = body?;
     opts.timeout_ms = opts.timeout_ms.or(req.timeout_ms);
     opts.complete = opts.complete.or((!req.allow_partial).then_some(true));
     run_search(state, name, req, opts).await
@@ -1012,9 +1068,9 @@ async fn get_chaos(State(state): State<AppState>) -> ApiResult {
 
 async fn put_chaos(
     State(state): State<AppState>,
-    body: Result<Json<crate::admission::ChaosConfig>, JsonRejection>,
+    body: Result<JsonObject<crate::admission::ChaosConfig>, ApiError>,
 ) -> ApiResult {
-    let Json(cfg) = body?;
+    let JsonObject(cfg) = body?;
     state
         .0
         .admission

@@ -448,6 +448,48 @@ both_transports! {
         "{}",
         r.text
     );
+    // An array where an object belongs is not read as a struct's fields in order.
+    for (path, body) in [
+        ("/v1/indexes", "[\"arrayname\"]"),
+        ("/v1/indexes/docs/search", "[]"),
+        ("/v1/indexes/docs/search", "[\"k5\"]"),
+    ] {
+        let r = a
+            .send("POST", path, Some("application/json"), body, None)
+            .await;
+        assert_error(&r, 400, "invalid_input");
+        assert!(r.text.contains("must be a JSON object"), "{}", r.text);
+    }
+    assert_eq!(a.get("/v1/indexes/arrayname").await.status, 404);
+    // Compressed bodies are refused, not read as malformed JSON.
+    let r = a
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/indexes/docs/documents")
+                .header(header::CONTENT_TYPE, "application/x-ndjson")
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(vec![0x1f_u8, 0x8b, 8, 0]))
+                .unwrap(),
+        )
+        .await;
+    assert_error(&r, 415, "unsupported_media_type");
+    // A body of many bad lines is answered with a bounded list of them.
+    let r = a
+        .send(
+            "POST",
+            "/v1/indexes/docs/documents",
+            Some("application/x-ndjson"),
+            "x\n".repeat(20_000),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", &r.text[..200.min(r.text.len())]);
+    assert_eq!(r.body["failed"], 20_000);
+    assert_eq!(
+        r.body["errors"].as_array().unwrap().len(),
+        search_core::MAX_LINE_ERRORS
+    );
     assert_error(
         &a.send(
             "POST",
