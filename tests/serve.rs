@@ -779,3 +779,40 @@ async fn request_ids_are_echoed_and_logged() {
         "a JSON log line names test-123:\n{log}"
     );
 }
+
+/// Connections that never finish a request (silent, or half a request line) do not hold the
+/// server: on SIGTERM it exits within a second or two of closing its listener, not after its
+/// shutdown timeout, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_hold_shutdown() {
+    let mut server = start(&["--shutdown-timeout", "60s", "--drain-delay", "0s"]);
+    let c = client();
+    create_index(&c, &server, "docs").await;
+    add_and_wait(
+        &c,
+        &server,
+        "docs",
+        &[json!({"id": "kept", "title": "acked"})],
+    )
+    .await;
+    let silent = TcpStream::connect(server.addr()).unwrap();
+    let mut partial = TcpStream::connect(server.addr()).unwrap();
+    partial
+        .write_all(b"GET /v1/indexes/docs/search?q=x HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(server.addr()).unwrap();
+    idle.write_all(b"GET /v1/indexes HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap(); // answered; the connection then stays open, idle
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the front door's peek
+    let t = Instant::now();
+    server.signal(Signal::Term).unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits well before its 60 s shutdown timeout");
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    drop((silent, partial, idle));
+    server.restart().unwrap();
+    let (found, missing) = count_found(&server, "docs", &["kept".to_string()]).await;
+    assert_eq!(found, 1, "{missing:?}");
+}

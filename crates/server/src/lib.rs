@@ -11,6 +11,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admission;
+mod conn_guard;
 mod context;
 mod error;
 mod listener;

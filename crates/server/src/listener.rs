@@ -63,6 +63,7 @@ pub(crate) fn start(
         rx,
         addr,
         closed: Some(closed),
+        draining: Default::default(),
     })
 }
 
@@ -255,7 +256,8 @@ async fn serve_here(stream: TcpStream, addr: SocketAddr, app: Router) {
     let svc = tower::ServiceExt::map_request(
         app,
         move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+            req.extensions_mut()
+                .insert(ConnectInfo(ClientAddr(addr, None)));
             req
         },
     );
@@ -287,16 +289,20 @@ pub(crate) struct HandoffListener {
     rx: mpsc::Receiver<Handoff>,
     addr: SocketAddr,
     closed: Option<oneshot::Sender<()>>,
+    /// Set when the front door has closed: the connections' idle limit drops.
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl axum::serve::Listener for HandoffListener {
-    type Io = TcpStream;
+    type Io = crate::conn_guard::Guarded;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (crate::conn_guard::Guarded, SocketAddr) {
         loop {
             let Some((s, a)) = self.rx.recv().await else {
                 // The front door closed its socket and every queued connection was taken.
+                self.draining
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 if let Some(tx) = self.closed.take() {
                     let _ = tx.send(());
                 }
@@ -305,7 +311,7 @@ impl axum::serve::Listener for HandoffListener {
             match TcpStream::from_std(s) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    return (s, a);
+                    return (crate::conn_guard::Guarded::new(s, self.draining.clone()), a);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
             }
@@ -317,15 +323,19 @@ impl axum::serve::Listener for HandoffListener {
     }
 }
 
-/// The peer address of a connection (for per-client rate limits when no API key is sent).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+/// The peer address of a connection (for per-client rate limits when no API key is sent),
+/// and for the main server's connections what their requests tell the connection guard.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientAddr(
+    pub(crate) SocketAddr,
+    pub(crate) Option<std::sync::Arc<crate::conn_guard::Activity>>,
+);
 
 impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, HandoffListener>>
     for ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'a, HandoffListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
+        ClientAddr(*stream.remote_addr(), Some(stream.io().activity()))
     }
 }
 

@@ -76,7 +76,21 @@ pub(crate) async fn request_context(
     let method = req.method().clone();
     let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
     metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    // The connection's idle limit does not apply while this request is handled.
+    let busy = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::listener::ClientAddr>>()
+        .and_then(|ci| ci.0.1.clone())
+        .map(crate::conn_guard::InFlight::new);
+    // A body that stops arriving mid-way ends with an error instead of holding the request.
+    let req = req.map(|b| {
+        axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+            crate::conn_guard::BODY_IDLE_LIMIT,
+            b,
+        ))
+    });
     let mut resp = context::scope(id.clone(), next.run(req).instrument(span.clone())).await;
+    drop(busy);
     metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
 
     let status = resp.status();
