@@ -25,8 +25,9 @@ use testkit::http::request;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironsift");
 /// The budget: warn at 70 % (179 MiB), critical at 85 % (218 MiB), back to normal below 65 %
-/// (166 MiB). Chosen from measurements: an idle server with an open 32 MiB writer counts
-/// ~75 MiB (the writer is accounted at twice its heap) and each 8 MiB batch in flight adds
+/// (166 MiB). Chosen from measurements: a server with a 32 MiB writer holding uncommitted
+/// writes counts ~75 MiB (the writer is accounted at twice its heap until the commit) and each
+/// 8 MiB batch in flight adds
 /// ~50 MiB (RssAnon peaked at 210-233 MiB with four in flight), so four clients cross both
 /// levels while the peak stays within the 10 % margin. After the load, jemalloc brings the count
 /// back under 166 MiB within ~5-12 s; with glibc's allocator it stayed at ~250 MiB (critical).
@@ -358,4 +359,47 @@ fn memory_pressure_warn_critical_recovery_within_budget() {
         "RSS reached {:.1} MiB, more than 10 % over the {LIMIT_MIB} MiB budget",
         mib(s.max_vm_rss)
     );
+}
+
+/// Indexes that hold no uncommitted writes do not count their writer's bound against the
+/// budget: a dozen small indexes with a 512 MiB bound each (256 MiB heap) stay writable under
+/// a 2 GiB budget, where reserving every open writer's bound made the server refuse writes.
+#[test]
+fn idle_indexes_do_not_use_up_the_memory_budget() {
+    let server = ServerProcess::builder(BIN)
+        .args(["--memory-limit", "2GiB", "--log-level", "warn"])
+        .wait_ready(false)
+        .start()
+        .expect("server starts");
+    let addr = server.addr();
+    for i in 0..12 {
+        let (status, v, _) = send(
+            addr,
+            "POST",
+            "/v1/indexes",
+            "application/json",
+            format!(r#"{{"name":"i{i}"}}"#).as_bytes(),
+        );
+        assert_eq!(status, 201, "{v}");
+        let (status, v, _) = send(
+            addr,
+            "POST",
+            &format!("/v1/indexes/i{i}/documents?refresh=wait_for"),
+            "application/x-ndjson",
+            b"{\"id\":\"one\",\"text\":\"small\"}\n",
+        );
+        assert_eq!(status, 200, "index {i}: {v}");
+    }
+    // The accounting runs every second; give it two.
+    thread::sleep(Duration::from_secs(2));
+    let (_, check, detail) = memory_check(addr);
+    assert_eq!(check, "pass", "{detail}");
+    let (status, v, _) = send(
+        addr,
+        "POST",
+        "/v1/indexes/i0/documents",
+        "application/x-ndjson",
+        b"{\"id\":\"two\",\"text\":\"still writable\"}\n",
+    );
+    assert_eq!(status, 200, "{v}");
 }

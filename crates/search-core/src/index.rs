@@ -123,6 +123,9 @@ pub struct SearchIndex {
     snapshotting: Mutex<()>,
     /// Set while the disk is full after a failed reopen of the writer.
     reopen: Mutex<ReopenBackoff>,
+    /// Writes were handed to the writer since its last successful commit (set under the
+    /// writer lock before they are, cleared by the commit): Tantivy's arena holds them.
+    uncommitted: std::sync::atomic::AtomicBool,
 }
 
 /// Reopening a writer replays the log since the last commit, then commits. While the disk is
@@ -252,6 +255,7 @@ impl SearchIndex {
             wal_floor: AtomicU64::new(crate::snapshot::wal_floor(dir).unwrap_or(u64::MAX)),
             snapshotting: Mutex::new(()),
             reopen: Mutex::new(ReopenBackoff::default()),
+            uncommitted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -335,7 +339,16 @@ impl SearchIndex {
         &self,
         f: impl FnOnce(&mut IndexWriter) -> Result<T>,
     ) -> Result<T> {
-        self.with_open(|ow| f(&mut ow.writer))
+        self.with_open(|ow| {
+            self.uncommitted.store(true, Ordering::SeqCst);
+            f(&mut ow.writer)
+        })
+    }
+
+    /// Whether writes were handed to the writer since its last successful commit (the memory
+    /// they hold in Tantivy's arena is released by the commit).
+    pub fn has_uncommitted_writes(&self) -> bool {
+        self.uncommitted.load(Ordering::SeqCst)
     }
 
     /// Runs `f` with the writer and the log, opening both (and replaying the log) on first use.
@@ -617,6 +630,7 @@ impl SearchIndex {
             return Ok(None);
         }
         self.with_open(|ow| {
+            self.uncommitted.store(true, Ordering::SeqCst);
             let ticket = match &ow.wal {
                 Some(wal) => {
                     let logged: Vec<WalOp<'_>> = ops
@@ -713,6 +727,8 @@ impl SearchIndex {
             ow.failed = true;
             CoreError::tantivy(&self.name, "commit", e)
         })?;
+        // Under the writer lock: no write was handed over since the commit started.
+        self.uncommitted.store(false, Ordering::SeqCst);
         tracing::debug!(index = %self.name, opstamp, wal_seq = ?covered, "committed");
         let keep_from = self.wal_floor.load(Ordering::SeqCst);
         if let (Some(wal), Some(seq)) = (&ow.wal, covered)
