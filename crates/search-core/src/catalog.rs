@@ -229,7 +229,11 @@ impl Catalog {
             let _ = fs::remove_dir_all(&staging);
         }
         result?;
-        self.open_index(name)
+        // Opening can still fail (e.g. no file descriptors left): then the index, empty and
+        // never used, goes again, so the error leaves nothing behind and a retry can succeed.
+        self.open_index(name).inspect_err(|_| {
+            let _ = self.delete(name);
+        })
     }
 
     /// Opens an existing index.

@@ -262,11 +262,7 @@ pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
         }
         TantivyError::OpenReadError(OpenReadError::IoError { io_error, .. }) => io_code(io_error),
         TantivyError::OpenReadError(_) => ErrorCode::Io,
-        TantivyError::OpenWriteError(OpenWriteError::IoError { io_error, .. })
-            if io_code(io_error) == ErrorCode::StorageFull =>
-        {
-            ErrorCode::StorageFull
-        }
+        TantivyError::OpenWriteError(OpenWriteError::IoError { io_error, .. }) => io_code(io_error),
         TantivyError::OpenWriteError(_) => ErrorCode::Io,
         TantivyError::OpenDirectoryError(OpenDirectoryError::DoesNotExist(_)) => {
             ErrorCode::NotFound
@@ -279,6 +275,12 @@ pub(crate) fn tantivy_code(err: &TantivyError) -> ErrorCode {
             if says_disk_full(msg) =>
         {
             ErrorCode::StorageFull
+        }
+        // Out of file descriptors (EMFILE, ENFILE), flattened to a message the same way.
+        TantivyError::InternalError(msg) | TantivyError::ErrorInThread(msg)
+            if msg.contains("(os error 24)") || msg.contains("(os error 23)") =>
+        {
+            ErrorCode::ResourceExhausted
         }
         // An indexing thread died (an I/O error while writing a segment): the writer is
         // dropped and reopened from the write-ahead log on the next write, so retrying works.
@@ -366,6 +368,19 @@ mod tests {
         assert_eq!(tantivy_code(&killed), ErrorCode::Unavailable);
         let panic = TantivyError::ErrorInThread("Worker thread panicked.".into());
         assert_eq!(tantivy_code(&panic), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn no_file_descriptors_left_is_resource_exhausted_not_internal() {
+        let flat = TantivyError::InternalError(io::Error::from_raw_os_error(24).to_string());
+        assert_eq!(tantivy_code(&flat), ErrorCode::ResourceExhausted);
+        let open =
+            TantivyError::OpenWriteError(tantivy::directory::error::OpenWriteError::wrap_io_error(
+                io::Error::from_raw_os_error(24),
+                "x.idx".into(),
+            ));
+        assert_eq!(tantivy_code(&open), ErrorCode::ResourceExhausted);
+        assert!(CoreError::tantivy("i", "commit", flat).is_retryable());
     }
 
     #[test]
