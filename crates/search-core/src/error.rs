@@ -60,8 +60,9 @@ pub enum CoreError {
         /// The lock file held.
         lock: PathBuf,
     },
-    /// The index handle was closed for writing (the service is shutting down).
-    #[error("index {name:?} is closed for writing (shutting down)")]
+    /// The index handle was closed for writing (the service is shutting down, or the index
+    /// is being deleted).
+    #[error("index {name:?} is closed for writing (the server is shutting down or the index was deleted)")]
     IndexClosed {
         /// The index name.
         name: String,
@@ -334,6 +335,14 @@ impl Classify for CoreError {
             other => other.code().default_severity(),
         }
     }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            // Retrying the same repair cannot change its answer: an operator must act.
+            CoreError::RepairImpossible { .. } => false,
+            other => other.code().is_retryable(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +390,16 @@ mod tests {
             ));
         assert_eq!(tantivy_code(&open), ErrorCode::ResourceExhausted);
         assert!(CoreError::tantivy("i", "commit", flat).is_retryable());
+    }
+
+    #[test]
+    fn an_impossible_repair_is_not_retryable() {
+        let e = CoreError::RepairImpossible {
+            index: "i".into(),
+            reason: "no snapshot".into(),
+        };
+        assert_eq!(e.code(), ErrorCode::Conflict);
+        assert!(!e.is_retryable());
     }
 
     #[test]
