@@ -315,6 +315,7 @@ impl Catalog {
         }
         match meta.kind {
             IndexKind::Documents => {
+                let healed = crate::snapshot::heal_from_live(&dir);
                 let snaps = crate::snapshot::list_snapshots(&dir)?;
                 let mut rejected = Vec::new();
                 // Sound, and the log still holds every record after it: rolling back to a
@@ -351,8 +352,17 @@ impl Catalog {
                 Ok(RepairReport {
                     index: name.to_string(),
                     action: format!(
-                        "restored snapshot {} and replayed {} write-ahead log records",
-                        good.id, stats.replayed
+                        "restored snapshot {} and replayed {} write-ahead log records{}",
+                        good.id,
+                        stats.replayed,
+                        if healed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (snapshot files repaired from the live index first: {})",
+                                healed.join(", ")
+                            )
+                        }
                     ),
                     damaged_kept_at: Some(kept),
                     replayed: stats.replayed,

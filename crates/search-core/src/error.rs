@@ -62,7 +62,9 @@ pub enum CoreError {
     },
     /// The index handle was closed for writing (the service is shutting down, or the index
     /// is being deleted).
-    #[error("index {name:?} is closed for writing (the server is shutting down or the index was deleted)")]
+    #[error(
+        "index {name:?} is closed for writing (the server is shutting down or the index was deleted)"
+    )]
     IndexClosed {
         /// The index name.
         name: String,

@@ -158,6 +158,7 @@ pub(crate) fn materialize(
         bytes: 0,
         copied_bytes: 0,
     };
+    let mut linked_names = Vec::new();
     for name in files {
         let src = staging.join(name);
         let dst = build.join(name);
@@ -169,7 +170,9 @@ pub(crate) fn materialize(
                 .then(|| root.join(&p.id).join(name))
         });
         let linked = reused.is_some_and(|prev| fs::hard_link(prev, &dst).is_ok());
-        if !linked {
+        if linked {
+            linked_names.push(name.clone());
+        } else {
             fs::copy(&src, &dst).map_err(|e| io(&dst, e))?;
             fs::File::open(&dst)
                 .and_then(|f| f.sync_all())
@@ -187,7 +190,23 @@ pub(crate) fn materialize(
         Index::open_in_dir(&build).map_err(|e| CoreError::tantivy("snapshot", "open", e))?;
     let mut bad = Vec::new();
     for name in files.iter().filter(|n| *n != "meta.json") {
-        match crate::integrity::checksum_ok(&index, Path::new(name)) {
+        let mut ok = crate::integrity::checksum_ok(&index, Path::new(name));
+        if !matches!(ok, Ok(true)) && linked_names.contains(name) {
+            // The previous snapshot's copy went bad: do not carry the damage forward, copy
+            // the live file instead (it gets its own inode).
+            tracing::warn!(file = %name, "a file of the previous snapshot is damaged; copying it again");
+            let dst = build.join(name);
+            let copied = fs::remove_file(&dst)
+                .and_then(|()| fs::copy(staging.join(name), &dst))
+                .and_then(|len| {
+                    info.copied_bytes += len;
+                    fs::File::open(&dst).and_then(|f| f.sync_all())
+                });
+            if copied.is_ok() {
+                ok = crate::integrity::checksum_ok(&index, Path::new(name));
+            }
+        }
+        match ok {
             Ok(true) => {}
             Ok(false) => bad.push(name.clone()),
             Err(e) => bad.push(format!("{name} ({e})")),
@@ -250,6 +269,56 @@ pub(crate) fn snapshot_is_sound(
         }
     }
     Ok(())
+}
+
+/// Repairs snapshot files from the live index. Snapshots share their files with each other
+/// (hard links inside the snapshot folder) but hold their own copies, apart from the live
+/// index: one damaged file of an older segment damages every snapshot that has it, while the
+/// live index may still hold a sound copy (segment files are immutable and uniquely named).
+/// Each snapshot file that fails its checksum (or its recorded size) is replaced by the live
+/// file of the same name when that one has the recorded size and passes the checksum, checked
+/// in place before it replaces anything. Returns the names repaired; best effort (a snapshot
+/// whose metadata cannot be read is left as it is).
+pub(crate) fn heal_from_live(index_dir: &Path) -> Vec<String> {
+    let live = index_dir.join(TANTIVY_DIR);
+    let mut healed = Vec::new();
+    let Ok(snaps) = list_snapshots(index_dir) else {
+        return healed;
+    };
+    for info in snaps {
+        let dir = index_dir.join(SNAPSHOT_DIR).join(&info.id);
+        let Ok(index) = Index::open_in_dir(&dir) else {
+            continue;
+        };
+        for f in info.files.iter().filter(|f| f.name != "meta.json") {
+            let p = dir.join(&f.name);
+            let sound = fs::metadata(&p).is_ok_and(|m| m.len() == f.bytes)
+                && crate::integrity::checksum_ok(&index, Path::new(&f.name)).unwrap_or(false);
+            if sound {
+                continue;
+            }
+            let source = live.join(&f.name);
+            if !fs::metadata(&source).is_ok_and(|m| m.len() == f.bytes) {
+                continue;
+            }
+            let candidate = format!(".heal-{}", f.name);
+            let tmp = dir.join(&candidate);
+            let copied = fs::copy(&source, &tmp)
+                .and_then(|_| fs::File::open(&tmp).and_then(|h| h.sync_all()));
+            let good = copied.is_ok()
+                && crate::integrity::checksum_ok(&index, Path::new(&candidate)).unwrap_or(false);
+            // A new inode for this snapshot only: others sharing the damaged file are healed
+            // in their turn.
+            if good && fs::rename(&tmp, &p).is_ok() {
+                let _ = sync_dir(&dir);
+                tracing::warn!(snapshot = %info.id, file = %f.name, "repaired a damaged snapshot file from the live index's sound copy");
+                healed.push(format!("{}/{}", info.id, f.name));
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+    healed
 }
 
 /// Replaces `index_dir/index` by a copy of the snapshot's files, moving the current Tantivy

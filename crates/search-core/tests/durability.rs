@@ -361,3 +361,86 @@ fn a_rollback_that_would_lose_writes_is_refused_and_changes_nothing() {
     assert_eq!(before, after, "a refused repair must not move files");
     assert_eq!(fs::read(&f).unwrap(), bytes);
 }
+
+/// Snapshots share files with each other (hard links) but not with the live index. A damaged
+/// file shared by every snapshot is repaired from the live index's sound copy when a repair
+/// needs a snapshot, and a new snapshot does not link the damaged copy forward.
+#[test]
+fn a_damaged_file_shared_by_snapshots_is_healed_from_the_live_index() {
+    use std::os::unix::fs::MetadataExt;
+    for take_new_snapshot in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(root.path()).unwrap();
+        let idx = cat.create("d", IndexKind::Documents, None).unwrap();
+        let mut expect = BTreeMap::new();
+        for round in 0..3u64 {
+            for i in 0..40u64 {
+                let id = format!("r{round}-{i}");
+                idx.upsert(json!({"id": id, "v": round, "text": "words"}))
+                    .unwrap();
+                expect.insert(id, round);
+            }
+            idx.commit().unwrap();
+            if round < 2 {
+                idx.snapshot().unwrap();
+            }
+        }
+        let snaps = idx.snapshots().unwrap();
+        assert_eq!(snaps.len(), 2);
+        let snap_dir = |id: &str| root.path().join("d/snapshots").join(id);
+        // A segment file both snapshots hold (one inode).
+        let shared = snaps[0]
+            .files
+            .iter()
+            .map(|f| f.name.clone())
+            .find(|n| {
+                n.ends_with(".idx")
+                    && fs::metadata(snap_dir(&snaps[1].id).join(n)).is_ok_and(|m| {
+                        m.ino() == fs::metadata(snap_dir(&snaps[0].id).join(n)).unwrap().ino()
+                    })
+            })
+            .expect("the snapshots share a segment file");
+        let p = snap_dir(&snaps[0].id).join(&shared);
+        let mut bytes = fs::read(&p).unwrap();
+        let at = bytes.len() / 3;
+        bytes[at] ^= 0x40;
+        fs::write(&p, &bytes).unwrap(); // same inode: both snapshots damaged
+        if take_new_snapshot {
+            let s = idx.snapshot().unwrap();
+            let fresh = snap_dir(&s.id).join(&shared);
+            assert_ne!(
+                fs::metadata(&fresh).unwrap().ino(),
+                fs::metadata(&p).unwrap().ino(),
+                "the damaged copy was linked forward"
+            );
+        }
+        drop(idx);
+        // Now a live file of another segment is damaged too: a repair needs a snapshot.
+        let tdir = root.path().join("d/index");
+        let other = segment_files(&tdir)
+            .into_iter()
+            .find(|f| {
+                let n = f.file_name().unwrap().to_string_lossy().into_owned();
+                n.ends_with(".store") && n.split('.').next() != shared.split('.').next()
+            })
+            .unwrap();
+        let mut b = fs::read(&other).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x40;
+        fs::write(&other, &b).unwrap();
+        let cat = Catalog::open(root.path()).unwrap();
+        assert!(!cat.verify("d").unwrap().is_sound());
+        let r = cat
+            .repair("d")
+            .unwrap_or_else(|e| panic!("new snapshot: {take_new_snapshot}: {e}"));
+        assert!(r.after.is_sound(), "{:?}", r.after);
+        if !take_new_snapshot {
+            assert!(
+                r.action.contains("repaired from the live index"),
+                "{}",
+                r.action
+            );
+        }
+        check_all(root.path(), &expect);
+    }
+}
