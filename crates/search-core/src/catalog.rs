@@ -142,6 +142,7 @@ impl Catalog {
     pub fn with_config(root: impl Into<PathBuf>, config: IndexConfig) -> Result<Catalog> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| CoreError::io(&root, e))?;
+        remove_leftovers(&root);
         Ok(Catalog { root, config })
     }
 
@@ -514,6 +515,30 @@ impl Catalog {
     }
 }
 
+/// Removes what a process killed while creating (`.staging-NAME-PID-N`) or deleting
+/// (`.deleted-NAME-PID-N`) an index left in `root`, once that process is gone: the index was
+/// never published, or was already unpublished by its rename. Best effort.
+fn remove_leftovers(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(".staging-") || name.starts_with(".deleted-")) {
+            continue;
+        }
+        let mut parts = name.rsplitn(3, '-');
+        let (_seq, pid) = (parts.next(), parts.next());
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && fs::remove_dir_all(e.path()).is_ok() {
+            tracing::info!(folder = %e.path().display(), "removed what an interrupted index creation or deletion left");
+        }
+    }
+}
+
 /// Whether the write-ahead log holds every record after `snap`'s position, in order and
 /// readable, up to what the index's current commit covers (when its `meta.json` still says):
 /// replaying it over the snapshot then brings back every acknowledged write.
@@ -592,5 +617,22 @@ mod tests {
         // No staging or trash folders are left behind.
         let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        // pid 2^22 + 1 is above Linux's pid_max: never a live process.
+        for name in [".staging-a-b-4194305-0", ".deleted-x-4194305-3"] {
+            fs::create_dir_all(tmp.path().join(name).join("index")).unwrap();
+        }
+        let live = format!(".staging-c-{}-0", std::process::id());
+        fs::create_dir_all(tmp.path().join(&live)).unwrap();
+        Catalog::open(tmp.path()).unwrap();
+        let left: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [live]);
     }
 }
