@@ -154,15 +154,39 @@ fn mtime_ns(meta: &fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
-/// Path relative to the root, with `/` separators, as stored and shown.
+/// Path relative to the root, with `/` separators, as stored and shown. Bytes of a name that
+/// are not UTF-8 are written `\xNN`: distinct files keep distinct paths and ids (a lossy
+/// conversion made `\xff.txt` and `\xfe.txt` one document, and re-indexing never settled).
 fn rel_path(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    let s = rel.to_string_lossy();
+    let s = match rel.to_str() {
+        Some(s) => s.to_string(),
+        None => escape_non_utf8(rel.as_os_str()),
+    };
     if std::path::MAIN_SEPARATOR == '/' {
-        s.into_owned()
+        s
     } else {
         s.replace(std::path::MAIN_SEPARATOR, "/")
     }
+}
+
+#[cfg(unix)]
+fn escape_non_utf8(name: &std::ffi::OsStr) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+#[cfg(not(unix))]
+fn escape_non_utf8(name: &std::ffi::OsStr) -> String {
+    name.to_string_lossy().into_owned()
 }
 
 struct Walked {

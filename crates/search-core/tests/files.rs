@@ -275,3 +275,36 @@ fn errors_name_the_path_and_the_index_kind() {
     let e = idx.upsert(serde_json::json!({"a": 1})).unwrap_err();
     assert!(e.to_string().contains("files index"), "{e}");
 }
+
+/// File names that are not UTF-8 stay distinct (their odd bytes written `\xNN`): editing or
+/// deleting one does not touch the other, and re-indexing settles.
+#[cfg(unix)]
+#[test]
+fn names_that_are_not_utf8_stay_distinct() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let (_data, src, idx) = setup();
+    let one = src.path().join(OsStr::from_bytes(b"\xff.txt"));
+    let two = src.path().join(OsStr::from_bytes(b"\xfe.txt"));
+    fs::write(&one, "collide_one\n").unwrap();
+    fs::write(&two, "collide_two\n").unwrap();
+    assert_eq!(run(&idx, src.path()).files_indexed, 2);
+    assert_eq!(paths(&idx, "collide_one"), ["\\xff.txt"]);
+    assert_eq!(paths(&idx, "collide_two"), ["\\xfe.txt"]);
+    let id = idx.search(&SearchRequest::new("collide_one")).unwrap().hits[0]
+        .id
+        .clone();
+    assert!(idx.get(&id).unwrap().is_some(), "{id}");
+    fs::write(&two, "collide_two edited longer\n").unwrap();
+    assert_eq!(run(&idx, src.path()).files_indexed, 1);
+    assert_eq!(paths(&idx, "collide_one"), ["\\xff.txt"]);
+    assert_eq!(
+        run(&idx, src.path()).files_indexed,
+        0,
+        "re-indexing settles"
+    );
+    fs::remove_file(&one).unwrap();
+    assert_eq!(run(&idx, src.path()).files_removed, 1);
+    assert!(paths(&idx, "collide_one").is_empty());
+    assert_eq!(paths(&idx, "edited"), ["\\xfe.txt"]);
+}
