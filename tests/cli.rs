@@ -442,3 +442,45 @@ fn unreadable_files_are_warnings_and_the_rest_is_indexed() {
     );
     assert!(err.contains("locked"), "{err}");
 }
+
+/// A data folder on a read-only file system (a mounted backup): `verify` checks it and finds
+/// it sound (it does not call a lock it cannot take damage), other commands say why they
+/// cannot open it in one line. Needs root to mount a tmpfs; skipped otherwise.
+#[test]
+fn a_read_only_data_folder_is_not_called_damaged() {
+    if euid() != 0 {
+        eprintln!("skipped: needs root to mount a read-only tmpfs");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    let ok = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success()
+    };
+    if !ok(&["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", m]) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let data = mnt.path().join("d");
+    let file = mnt.path().join("docs.jsonl");
+    fs::write(&file, "{\"id\":1,\"text\":\"hello\"}\n").unwrap();
+    let added = ironsift(&data, &["add", file.to_str().unwrap()]);
+    let remounted = ok(&["mount", "-o", "remount,ro", m]);
+    let verify = ironsift(&data, &["verify"]);
+    let search = ironsift(&data, &["search", "hello"]);
+    assert!(ok(&["umount", m]));
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(remounted);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    assert_one_line_error(&search, "read-only");
+}

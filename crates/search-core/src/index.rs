@@ -237,7 +237,22 @@ impl SearchIndex {
                 ),
             ))
         })
-        .map_err(|e| CoreError::tantivy(name, "open reader", e))?;
+        .map_err(|e| match e {
+            // Tantivy's reader creates a lock file next to the index.
+            TantivyError::LockFailure(tantivy::directory::error::LockError::IoError(io), _)
+                if io.raw_os_error() == Some(30) =>
+            {
+                CoreError::io(
+                    &tdir,
+                    std::io::Error::new(
+                        io.kind(),
+                        "the index folder is read-only, and opening an index needs to create a \
+                         lock file in it",
+                    ),
+                )
+            }
+            e => CoreError::tantivy(name, "open reader", e),
+        })?;
         let queries = QueryBuilder::new(&index, layout.default_fields());
         Ok(SearchIndex {
             name: name.to_string(),
