@@ -1089,7 +1089,14 @@ impl<'i, 'a> Batch<'i, 'a> {
     /// One NDJSON line (its number is 1-based); blank lines are skipped. The line is parsed as
     /// bytes: serde_json checks the UTF-8 of its strings, so no separate pass is needed.
     fn line(&mut self, line_no: u64, line: Cow<'a, [u8]>) -> Result<()> {
-        let text = line.trim_ascii();
+        let mut text = line.trim_ascii();
+        if line_no == 1 {
+            // A byte-order mark some editors put at the start of a UTF-8 file.
+            text = text
+                .strip_prefix(b"\xEF\xBB\xBF")
+                .unwrap_or(text)
+                .trim_ascii();
+        }
         if text.is_empty() {
             return Ok(());
         }

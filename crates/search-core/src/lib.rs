@@ -50,7 +50,10 @@ pub use index::{
 pub use integrity::{Damage, VerifyReport, verify_index_dir};
 pub use query::QueryLimits;
 pub use render::{DocCache, Rendered};
-pub use schema::{ALL_FIELD, FieldSpec, FieldType, ID_FIELD, IndexKind, SOURCE_FIELD, SchemaSpec};
+pub use schema::{
+    ALL_FIELD, FieldSpec, FieldType, ID_FIELD, IndexKind, MAX_SCHEMA_FIELDS, SOURCE_FIELD,
+    SchemaSpec,
+};
 pub use search::{Highlight, Hit, MAX_LIMIT, MAX_WINDOW, SearchRequest, SearchResponse};
 pub use snapshot::{SnapshotFile, SnapshotInfo, list_snapshots};
 pub use wal::{Durability, ReplayStats, decode_wal_bytes};

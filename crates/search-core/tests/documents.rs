@@ -373,3 +373,21 @@ fn the_list_of_rejected_lines_is_capped() {
     assert_eq!(report.errors.len(), search_core::MAX_LINE_ERRORS);
     assert_eq!(report.errors[0].line, 1);
 }
+
+/// A UTF-8 byte-order mark at the start of a JSON-lines file is not a malformed first line.
+#[test]
+fn a_byte_order_mark_before_the_first_line_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = search_core::Catalog::open(tmp.path()).unwrap();
+    let idx = cat
+        .create("d", search_core::IndexKind::Documents, None)
+        .unwrap();
+    let body = b"\xEF\xBB\xBF{\"id\":\"a\",\"t\":\"x\"}\n{\"id\":\"b\"}\n";
+    let report = idx.ingest_ndjson(&body[..]).unwrap();
+    assert_eq!((report.indexed, report.failed), (2, 0), "{report:?}");
+    // Only at the very start: elsewhere it is not JSON.
+    let report = idx
+        .ingest_ndjson(&b"{\"id\":\"c\"}\n\xEF\xBB\xBF{\"id\":\"d\"}\n"[..])
+        .unwrap();
+    assert_eq!((report.indexed, report.failed), (1, 1), "{report:?}");
+}

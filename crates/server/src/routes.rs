@@ -386,18 +386,19 @@ enum Body {
 struct BodyChunks(Vec<Bytes>);
 
 impl BodyChunks {
-    /// The first byte that is not whitespace.
+    /// The first byte that is not whitespace (nor a UTF-8 byte-order mark).
     fn first_non_space(&self) -> Option<u8> {
         self.0
             .iter()
             .flat_map(|c| c.iter())
-            .find(|b| !b.is_ascii_whitespace())
+            .find(|b| !b.is_ascii_whitespace() && ![0xEF, 0xBB, 0xBF].contains(*b))
             .copied()
     }
 
-    /// The whole body in one buffer (copied unless it came in one chunk).
+    /// The whole body in one buffer (copied unless it came in one chunk), without a leading
+    /// UTF-8 byte-order mark.
     fn contiguous(&self) -> Bytes {
-        match &self.0[..] {
+        let all = match &self.0[..] {
             [] => Bytes::new(),
             [one] => one.clone(),
             many => {
@@ -405,6 +406,11 @@ impl BodyChunks {
                 many.iter().for_each(|c| all.extend_from_slice(c));
                 Bytes::from(all)
             }
+        };
+        if all.starts_with(b"\xEF\xBB\xBF") {
+            all.slice(3..)
+        } else {
+            all
         }
     }
 }

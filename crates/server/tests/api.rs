@@ -461,6 +461,19 @@ both_transports! {
         assert!(r.text.contains("must be a JSON object"), "{}", r.text);
     }
     assert_eq!(a.get("/v1/indexes/arrayname").await.status, 404);
+    // A UTF-8 byte-order mark before a JSON array (as some editors save files) is ignored.
+    let r = a
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/indexes/docs/documents")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b"\xEF\xBB\xBF[{\"id\":\"bom\"}]".to_vec()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["indexed"], 1, "{}", r.text);
     // Compressed bodies are refused, not read as malformed JSON.
     let r = a
         .call(
@@ -729,6 +742,19 @@ both_transports! {
         a.send("GET", "/metrics", None, "", Some("k")).await.status,
         200
     );
+    // The scheme is case-insensitive; the key is not.
+    for (auth, status) in [("BEARER k", 200), ("bearer k", 200), ("Bearer K", 401), ("Basic k", 401)] {
+        let r = a
+            .call(
+                Request::builder()
+                    .uri("/metrics")
+                    .header(header::AUTHORIZATION, auth)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, status, "{auth}");
+    }
     assert_eq!(a.get("/readyz").await.status, 200);
 }
 }
