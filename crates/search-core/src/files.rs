@@ -154,6 +154,18 @@ fn mtime_ns(meta: &fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
+/// The path a walk error is about (a folder that could not be listed, a link loop).
+fn walk_error_path(e: &ignore::Error) -> Option<&Path> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            walk_error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
 /// Path relative to the root, with `/` separators, as stored and shown. Bytes of a name that
 /// are not UTF-8 are written `\xNN`: distinct files keep distinct paths and ids (a lossy
 /// conversion made `\xff.txt` and `\xfe.txt` one document, and re-indexing never settled).
@@ -303,10 +315,16 @@ impl SearchIndex {
             .build();
 
         let mut buf = Vec::new();
+        // Folders that could not be read this time: what was indexed under them is kept (a
+        // transient error, e.g. permissions, must not delete it from the index).
+        let mut unreadable: Vec<String> = Vec::new();
         for entry in walker {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
+                    if let Some(p) = walk_error_path(&e) {
+                        unreadable.push(rel_path(&root, p));
+                    }
                     report.warnings.push(WalkWarning {
                         path: None,
                         message: e.to_string(),
@@ -413,7 +431,17 @@ impl SearchIndex {
             progress(&prog);
         }
 
-        let gone: Vec<&String> = before.keys().filter(|p| !seen.contains(*p)).collect();
+        let under_unreadable = |p: &str| {
+            unreadable.iter().any(|d| {
+                d.is_empty()
+                    || p == d
+                    || (p.starts_with(d.as_str()) && p[d.len()..].starts_with('/'))
+            })
+        };
+        let gone: Vec<&String> = before
+            .keys()
+            .filter(|p| !seen.contains(*p) && !under_unreadable(p))
+            .collect();
         if !gone.is_empty() {
             self.with_writer(|w| {
                 for p in &gone {

@@ -5,7 +5,9 @@
 //! descriptor) for ever, and a graceful shutdown waits for it until its timeout. Every
 //! connection handed to the main server is therefore a [`Guarded`] stream: while no request
 //! of it is being handled, reading that makes no progress for [`IDLE_LIMIT`]
-//! ([`IDLE_LIMIT_DRAINING`] once the server drains) ends the connection. A request being handled is never cut off by
+//! ([`IDLE_LIMIT_DRAINING`] once the server drains) ends the connection, and so does a
+//! request head still incomplete that long after its first byte (bytes trickling in one at a
+//! time). A request being handled is never cut off by
 //! this (its handler has its own deadlines, and request bodies their own idle timeout, see
 //! [`BODY_IDLE_LIMIT`]); the clock starts again when its answer is written.
 
@@ -44,6 +46,8 @@ fn now_nanos() -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
+    /// Requests started on the connection so far.
+    started: AtomicU64,
     /// When the last request of the connection ended ([`now_nanos`]).
     last_end: AtomicU64,
 }
@@ -54,6 +58,7 @@ pub(crate) struct InFlight(Arc<Activity>);
 impl InFlight {
     pub(crate) fn new(activity: Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.started.fetch_add(1, Ordering::SeqCst);
         InFlight(activity)
     }
 }
@@ -73,6 +78,11 @@ pub(crate) struct Guarded {
     draining: Arc<AtomicBool>,
     /// Last read or write that moved bytes ([`now_nanos`]).
     last_io: u64,
+    /// When the first byte of a request not yet started was read: a request's head must be
+    /// complete within the limit however slowly its bytes trickle in.
+    head_since: Option<u64>,
+    /// [`Activity::started`] when `head_since` was last looked at.
+    seen_started: u64,
     tick: Pin<Box<Sleep>>,
 }
 
@@ -83,6 +93,8 @@ impl Guarded {
             activity: Arc::new(Activity::default()),
             draining,
             last_io: now_nanos(),
+            head_since: None,
+            seen_started: 0,
             tick: Box::pin(tokio::time::sleep(TICK)),
         }
     }
@@ -91,8 +103,10 @@ impl Guarded {
         self.activity.clone()
     }
 
-    /// Whether the connection has been silent, with nothing in progress, past the limit.
-    fn expired(&self) -> bool {
+    /// Whether the connection, with nothing in progress, has been silent past the limit or
+    /// has been sending a request's head for longer than that.
+    fn expired(&mut self) -> bool {
+        self.note_started();
         if self.activity.in_flight.load(Ordering::SeqCst) > 0 {
             return false;
         }
@@ -103,8 +117,30 @@ impl Guarded {
             IDLE_LIMIT_DRAINING
         } else {
             IDLE_LIMIT
-        };
-        now_nanos().saturating_sub(last) >= limit.as_nanos() as u64
+        }
+        .as_nanos() as u64;
+        let now = now_nanos();
+        now.saturating_sub(last) >= limit
+            || self
+                .head_since
+                .is_some_and(|t| now.saturating_sub(t) >= limit)
+    }
+
+    /// Forgets the head clock once a request has started since it was set.
+    fn note_started(&mut self) {
+        let started = self.activity.started.load(Ordering::SeqCst);
+        if started != self.seen_started {
+            self.seen_started = started;
+            self.head_since = None;
+        }
+    }
+
+    /// Bytes were read: they belong to a request's head if no request is in progress.
+    fn on_bytes_read(&mut self) {
+        self.note_started();
+        if self.head_since.is_none() && self.activity.in_flight.load(Ordering::SeqCst) == 0 {
+            self.head_since = Some(now_nanos());
+        }
     }
 }
 
@@ -115,9 +151,19 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.last_io = now_nanos();
+                if r.is_ok() && buf.filled().len() > before {
+                    this.on_bytes_read();
+                    if this.expired() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within its limit",
+                        )));
+                    }
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => loop {
@@ -210,6 +256,42 @@ mod tests {
         assert!(
             took >= IDLE_LIMIT - TICK && took <= IDLE_LIMIT + 2 * TICK,
             "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickling_in_byte_by_byte_ends_at_the_limit() {
+        let (mut g, mut client) = pair().await;
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let end = loop {
+            // One byte every 5 s: never silent for long, yet never a whole head.
+            if client.write_all(b"G").await.is_err() {
+                break started.elapsed();
+            }
+            match g.read(&mut buf).await {
+                Ok(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+                    break started.elapsed();
+                }
+            }
+            assert!(started.elapsed() < IDLE_LIMIT * 3, "never cut off");
+        };
+        assert!(
+            end >= IDLE_LIMIT && end <= IDLE_LIMIT + Duration::from_secs(6),
+            "{end:?}"
+        );
+        // A request that starts resets the head clock.
+        let (mut g, mut client) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        drop(InFlight::new(g.activity()));
+        tokio::time::sleep(IDLE_LIMIT - Duration::from_secs(2)).await;
+        client.write_all(b"G").await.unwrap();
+        assert!(
+            g.read(&mut buf).await.is_ok(),
+            "a new head has its own clock"
         );
     }
 }
