@@ -25,6 +25,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Writes `dir/docs.jsonl` with `n` documents `{"id":i,"text":"word<i> common"}`.
+fn jsonl(dir: &Path, n: usize) -> std::path::PathBuf {
+    let file = dir.join("docs.jsonl");
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"id\":{i},\"text\":\"word{i} common\"}}\n"))
+        .collect();
+    fs::write(&file, lines).unwrap();
+    file
+}
+
 /// Asserts a failed run printed exactly one readable line on stderr mentioning `needle`.
 fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(
@@ -276,12 +286,7 @@ fn a_second_writer_process_fails_fast_naming_the_lock() {
 #[test]
 fn commands_refuse_a_damaged_index_and_stats_lists_the_rest() {
     let data = tempfile::tempdir().unwrap();
-    let file = data.path().join("docs.jsonl");
-    let mut lines = String::new();
-    for i in 0..500 {
-        lines.push_str(&format!("{{\"id\":{i},\"text\":\"word{i} common\"}}\n"));
-    }
-    fs::write(&file, lines).unwrap();
+    let file = jsonl(data.path(), 500);
     for name in ["bad", "good"] {
         let o = ironsift(data.path(), &["-i", name, "add", file.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -321,12 +326,7 @@ fn commands_refuse_a_damaged_index_and_stats_lists_the_rest() {
 #[test]
 fn closed_pipes_and_full_disks_are_not_panics() {
     let data = tempfile::tempdir().unwrap();
-    let file = data.path().join("docs.jsonl");
-    let mut lines = String::new();
-    for i in 0..2000 {
-        lines.push_str(&format!("{{\"id\":{i},\"text\":\"common words {i}\"}}\n"));
-    }
-    fs::write(&file, lines).unwrap();
+    let file = jsonl(data.path(), 2000);
     assert!(
         ironsift(data.path(), &["add", file.to_str().unwrap()])
             .status

@@ -360,11 +360,7 @@ fn hits_serialize_straight_from_storage_like_their_json_form() {
 /// `MAX_LINE_ERRORS` listed: the answer stays small whatever the input.
 #[test]
 fn the_list_of_rejected_lines_is_capped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cat = search_core::Catalog::open(tmp.path()).unwrap();
-    let idx = cat
-        .create("d", search_core::IndexKind::Documents, None)
-        .unwrap();
+    let (_data, idx) = docs_index();
     let mut body = "x\n".repeat(50_000);
     body.push_str("{\"id\":\"ok\"}\n");
     let report = idx.ingest_ndjson(body.as_bytes()).unwrap();
@@ -377,11 +373,7 @@ fn the_list_of_rejected_lines_is_capped() {
 /// A UTF-8 byte-order mark at the start of a JSON-lines file is not a malformed first line.
 #[test]
 fn a_byte_order_mark_before_the_first_line_is_ignored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cat = search_core::Catalog::open(tmp.path()).unwrap();
-    let idx = cat
-        .create("d", search_core::IndexKind::Documents, None)
-        .unwrap();
+    let (_data, idx) = docs_index();
     let body = b"\xEF\xBB\xBF{\"id\":\"a\",\"t\":\"x\"}\n{\"id\":\"b\"}\n";
     let report = idx.ingest_ndjson(&body[..]).unwrap();
     assert_eq!((report.indexed, report.failed), (2, 0), "{report:?}");
