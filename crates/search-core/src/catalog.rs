@@ -316,14 +316,22 @@ impl Catalog {
         }
         match meta.kind {
             IndexKind::Documents => {
-                let healed = crate::snapshot::heal_from_live(&dir);
                 let snaps = crate::snapshot::list_snapshots(&dir)?;
                 let mut rejected = Vec::new();
-                // Sound, and the log still holds every record after it: rolling back to a
-                // snapshot the log does not reach from would drop acknowledged writes.
+                let mut healed = Vec::new();
+                // Sound (or made sound from the live index's copies of its files), and the log
+                // still holds every record after it: rolling back to a snapshot the log does
+                // not reach from would drop acknowledged writes.
                 let good = snaps.iter().rev().find(|s| {
-                    let usable = crate::snapshot::snapshot_is_sound(&dir, s)
-                        .and_then(|()| log_reaches_from(&dir, s));
+                    let mut sound = crate::snapshot::snapshot_is_sound(&dir, s);
+                    if sound.is_err() {
+                        let repaired = crate::snapshot::heal_from_live(&dir, s);
+                        if !repaired.is_empty() {
+                            healed.extend(repaired);
+                            sound = crate::snapshot::snapshot_is_sound(&dir, s);
+                        }
+                    }
+                    let usable = sound.and_then(|()| log_reaches_from(&dir, s));
                     match usable {
                         Ok(()) => true,
                         Err(why) => {
@@ -457,18 +465,23 @@ impl Catalog {
     /// Fails with [`CoreError::WriterLocked`] when a writer (a running server, another
     /// command) holds the index: its files must not be swapped under it.
     fn ensure_not_in_use(&self, name: &str) -> Result<()> {
+        self.hold_writer_lock(name).map(drop)
+    }
+
+    /// Takes the index's writer lock (Tantivy's `.tantivy-writer.lock`, an advisory file
+    /// lock) for as long as the returned file is held; `None` when there is no lock file
+    /// (nobody ever wrote, or the folder is gone). [`CoreError::WriterLocked`] when a writer
+    /// holds it.
+    fn hold_writer_lock(&self, name: &str) -> Result<Option<fs::File>> {
         let lock = self
             .index_dir(name)
             .join(TANTIVY_DIR)
             .join(".tantivy-writer.lock");
         let Ok(file) = fs::File::open(&lock) else {
-            return Ok(()); // no lock file: nobody ever wrote, or the folder is gone
+            return Ok(None);
         };
         match file.try_lock() {
-            Ok(()) => {
-                let _ = file.unlock();
-                Ok(())
-            }
+            Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Err(CoreError::WriterLocked {
                 name: name.to_string(),
                 lock,
@@ -490,20 +503,7 @@ impl Catalog {
                 root: self.root.clone(),
             });
         }
-        let lock = dir.join(TANTIVY_DIR).join(".tantivy-writer.lock");
-        let _held = match fs::File::open(&lock) {
-            Ok(file) => match file.try_lock() {
-                Ok(()) => Some(file),
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(CoreError::WriterLocked {
-                        name: name.to_string(),
-                        lock,
-                    });
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(CoreError::io(&lock, e)),
-            },
-            Err(_) => None, // no lock file: nobody ever wrote
-        };
+        let _held = self.hold_writer_lock(name)?;
         let trash = self.root.join(format!(
             ".deleted-{name}-{}-{}",
             std::process::id(),
@@ -551,13 +551,7 @@ fn log_reaches_from(
     let committed = fs::read(dir.join(TANTIVY_DIR).join("meta.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|m| {
-            let payload = m.get("payload")?.as_str()?.to_string();
-            serde_json::from_str::<serde_json::Value>(&payload)
-                .ok()?
-                .get("wal_seq")?
-                .as_u64()
-        });
+        .and_then(|m| crate::index::payload_wal_seq(m.get("payload")?.as_str()));
     match committed {
         Some(c) if c > snap.wal_seq && stats.last_seq < c => Err(format!(
             "the index's last commit covers records up to {c}, but the write-ahead log ends at \

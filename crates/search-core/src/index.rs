@@ -526,12 +526,7 @@ impl SearchIndex {
             .index
             .load_metas()
             .map_err(|e| CoreError::tantivy(&self.name, "read commit metadata", e))?;
-        Ok(metas
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<Value>(p).ok())
-            .and_then(|v| v.get("wal_seq").and_then(Value::as_u64))
-            .unwrap_or(0))
+        Ok(payload_wal_seq(metas.payload.as_deref()).unwrap_or(0))
     }
 
     /// Documents in the last commit (which the reader may not show yet).
@@ -1203,6 +1198,14 @@ fn burn_reused_opstamp(writer: &IndexWriter, id_field: tantivy::schema::Field) {
 }
 
 /// Commits, recording in Tantivy's commit payload the last log record the commit covers.
+/// The log position a commit payload written by [`commit_with_payload`] records.
+pub(crate) fn payload_wal_seq(payload: Option<&str>) -> Option<u64> {
+    serde_json::from_str::<Value>(payload?)
+        .ok()?
+        .get("wal_seq")?
+        .as_u64()
+}
+
 fn commit_with_payload(writer: &mut IndexWriter, wal_seq: Option<u64>) -> tantivy::Result<u64> {
     crate::faults::io_point(crate::faults::COMMIT_BEFORE)?;
     let mut prepared = writer.prepare_commit()?;

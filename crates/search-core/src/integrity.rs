@@ -206,9 +206,7 @@ pub fn verify_index_dir(name: &str, dir: &Path) -> VerifyReport {
         let committed = index
             .load_metas()
             .ok()
-            .and_then(|m| m.payload)
-            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-            .and_then(|v| v.get("wal_seq").and_then(serde_json::Value::as_u64))
+            .and_then(|m| crate::index::payload_wal_seq(m.payload.as_deref()))
             .unwrap_or(0);
         match Wal::check(&dir.join(WAL_DIR), committed) {
             Ok(stats) => {

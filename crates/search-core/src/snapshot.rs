@@ -271,51 +271,44 @@ pub(crate) fn snapshot_is_sound(
     Ok(())
 }
 
-/// Repairs snapshot files from the live index. Snapshots share their files with each other
-/// (hard links inside the snapshot folder) but hold their own copies, apart from the live
-/// index: one damaged file of an older segment damages every snapshot that has it, while the
-/// live index may still hold a sound copy (segment files are immutable and uniquely named).
-/// Each snapshot file that fails its checksum (or its recorded size) is replaced by the live
+/// Repairs the files of snapshot `info` from the live index. Snapshots share their files with
+/// each other (hard links inside the snapshot folder) but hold their own copies, apart from the
+/// live index: one damaged file of an older segment damages every snapshot that has it, while
+/// the live index may still hold a sound copy (segment files are immutable and uniquely
+/// named). Each file that fails its checksum (or its recorded size) is replaced by the live
 /// file of the same name when that one has the recorded size and passes the checksum, checked
-/// in place before it replaces anything. Returns the names repaired; best effort (a snapshot
-/// whose metadata cannot be read is left as it is).
-pub(crate) fn heal_from_live(index_dir: &Path) -> Vec<String> {
+/// in place before it replaces anything (a new inode for this snapshot only). Returns the
+/// names repaired; best effort (a snapshot whose metadata cannot be read is left as it is).
+pub(crate) fn heal_from_live(index_dir: &Path, info: &SnapshotInfo) -> Vec<String> {
     let live = index_dir.join(TANTIVY_DIR);
+    let dir = index_dir.join(SNAPSHOT_DIR).join(&info.id);
     let mut healed = Vec::new();
-    let Ok(snaps) = list_snapshots(index_dir) else {
+    let Ok(index) = Index::open_in_dir(&dir) else {
         return healed;
     };
-    for info in snaps {
-        let dir = index_dir.join(SNAPSHOT_DIR).join(&info.id);
-        let Ok(index) = Index::open_in_dir(&dir) else {
+    for f in info.files.iter().filter(|f| f.name != "meta.json") {
+        let p = dir.join(&f.name);
+        let sound = fs::metadata(&p).is_ok_and(|m| m.len() == f.bytes)
+            && crate::integrity::checksum_ok(&index, Path::new(&f.name)).unwrap_or(false);
+        if sound {
             continue;
-        };
-        for f in info.files.iter().filter(|f| f.name != "meta.json") {
-            let p = dir.join(&f.name);
-            let sound = fs::metadata(&p).is_ok_and(|m| m.len() == f.bytes)
-                && crate::integrity::checksum_ok(&index, Path::new(&f.name)).unwrap_or(false);
-            if sound {
-                continue;
-            }
-            let source = live.join(&f.name);
-            if !fs::metadata(&source).is_ok_and(|m| m.len() == f.bytes) {
-                continue;
-            }
-            let candidate = format!(".heal-{}", f.name);
-            let tmp = dir.join(&candidate);
-            let copied = fs::copy(&source, &tmp)
-                .and_then(|_| fs::File::open(&tmp).and_then(|h| h.sync_all()));
-            let good = copied.is_ok()
-                && crate::integrity::checksum_ok(&index, Path::new(&candidate)).unwrap_or(false);
-            // A new inode for this snapshot only: others sharing the damaged file are healed
-            // in their turn.
-            if good && fs::rename(&tmp, &p).is_ok() {
-                let _ = sync_dir(&dir);
-                tracing::warn!(snapshot = %info.id, file = %f.name, "repaired a damaged snapshot file from the live index's sound copy");
-                healed.push(format!("{}/{}", info.id, f.name));
-            } else {
-                let _ = fs::remove_file(&tmp);
-            }
+        }
+        let source = live.join(&f.name);
+        if !fs::metadata(&source).is_ok_and(|m| m.len() == f.bytes) {
+            continue;
+        }
+        let candidate = format!(".heal-{}", f.name);
+        let tmp = dir.join(&candidate);
+        let copied =
+            fs::copy(&source, &tmp).and_then(|_| fs::File::open(&tmp).and_then(|h| h.sync_all()));
+        let good = copied.is_ok()
+            && crate::integrity::checksum_ok(&index, Path::new(&candidate)).unwrap_or(false);
+        if good && fs::rename(&tmp, &p).is_ok() {
+            let _ = sync_dir(&dir);
+            tracing::warn!(snapshot = %info.id, file = %f.name, "repaired a damaged snapshot file from the live index's sound copy");
+            healed.push(format!("{}/{}", info.id, f.name));
+        } else {
+            let _ = fs::remove_file(&tmp);
         }
     }
     healed
